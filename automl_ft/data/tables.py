@@ -1,0 +1,112 @@
+"""Reading labeled text tables (CSV, TSV, JSONL, Parquet) and choosing their text and label columns."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from automl_ft.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(path: Path) -> str | None:
+    return TABLE_SUFFIXES.get(path.suffix.lower())
+
+
+def read_table(path: Path) -> "pd.DataFrame":
+    """Read a table with every cell as a string (labels like ``01`` stay ``01``; empty cells stay empty strings).
+
+    Raises:
+        DataError: unknown extension, undecodable bytes (not UTF-8), a malformed file, or no rows.
+    """
+    import pandas as pd
+
+    fmt = table_format(path)
+    if fmt is None:
+        raise DataError(f"{path}: unknown table type {path.suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+    try:
+        if fmt == "parquet":
+            df = pd.read_parquet(path)
+            df = df.astype(object).where(df.notna(), "")
+            df = df.map(lambda v: v if isinstance(v, str) else str(v))
+        else:
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                line = raw[: e.start].count(b"\n") + 1
+                raise DataError(f"{path}: not valid UTF-8 (byte {e.start}, line {line}); re-save the file as UTF-8") \
+                    from None
+            if not text.strip():
+                raise DataError(f"{path}: the file is empty; it needs a header row and labeled rows")
+            if fmt == "jsonl":
+                df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+                df = df.astype(object).where(df.notna(), "")
+                df = df.map(lambda v: v if isinstance(v, str) else str(v))
+            else:
+                df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
+                                 keep_default_na=False, na_filter=False)
+    except DataError:
+        raise
+    except (ValueError, pd.errors.ParserError, OSError, ImportError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot read it as {fmt.upper()} ({msg}); check the file's format") from None
+    df.columns = [str(c) for c in df.columns]
+    if len(df) == 0:
+        raise DataError(f"{path}: no data rows; it needs labeled rows under a header")
+    return df
+
+
+def _match(columns: list[str], wanted: str) -> str | None:
+    if wanted in columns:
+        return wanted
+    folded = [c for c in columns if c.strip().lower() == wanted.strip().lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def choose_columns(df: "pd.DataFrame", path: Path, text_column: str | None, label_column: str | None
+                   ) -> tuple[str, str]:
+    """Resolve the text and label columns.
+
+    Explicit names must exist. Otherwise ``text`` and ``label`` are used when present; a missing one is
+    auto-detected only when exactly one other column is left (e.g. Banking77's ``text,category``).
+
+    Raises:
+        DataError: a named column is missing, or the choice is ambiguous.
+    """
+    cols = list(df.columns)
+    shown = ", ".join(cols[:12]) + (" ..." if len(cols) > 12 else "")
+
+    def explicit(name: str, flag: str) -> str:
+        found = _match(cols, name)
+        if found is None:
+            raise DataError(f"{path}: no column {name!r} (columns: {shown}); pass {flag} with one of them")
+        return found
+
+    text = explicit(text_column, "--text-column") if text_column else _match(cols, "text")
+    label = explicit(label_column, "--label-column") if label_column else _match(cols, "label")
+    if text is not None and label is not None and text == label:
+        raise DataError(f"{path}: the text and label columns are both {text!r}; pass different --text-column and "
+                        "--label-column")
+    if text is None and label is None:
+        raise DataError(f"{path}: no 'text' or 'label' column (columns: {shown}); pass --text-column and "
+                        "--label-column")
+    if label is None:
+        rest = [c for c in cols if c != text]
+        if len(rest) != 1:
+            raise DataError(f"{path}: no 'label' column and {len(rest)} candidates ({', '.join(rest[:8])}); "
+                            "pass --label-column")
+        label = rest[0]
+    if text is None:
+        rest = [c for c in cols if c != label]
+        if len(rest) != 1:
+            raise DataError(f"{path}: no 'text' column and {len(rest)} candidates ({', '.join(rest[:8])}); "
+                            "pass --text-column")
+        text = rest[0]
+    return text, label
