@@ -1,0 +1,121 @@
+"""Inference-time preprocessing without torch: tokenization and the evaluation image transform.
+
+One implementation serves validation during training, the ONNX check at export and ``automl-ft predict``, so the
+exported model sees exactly the inputs it was validated on. Only ``tokenizers``, Pillow and NumPy are imported:
+``predict`` starts in well under a second because it never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+PREPROCESS_FILE = "preprocess.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+_RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
+
+
+@dataclass
+class ImagePreprocess:
+    """Resize the shorter side to ``resize`` (``interpolation``), center-crop ``size``, scale to [0, 1], normalize.
+
+    For a model trained at ``size`` the default is ``resize == size``: no border is cut, which matters for small
+    source images (CIFAR's 32 px objects fill the frame).
+    """
+
+    size: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    kind: str = "image"
+
+    def load(self, path: str | Path) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return self.apply(im)
+
+    def apply(self, image: Any) -> np.ndarray:
+        """A PIL image -> float32 array ``[3, size, size]``."""
+        from PIL import Image
+
+        im = image.convert("RGB")
+        w, h = im.size
+        scale = self.resize / min(w, h)
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        im = im.resize((nw, nh), resample=Image.Resampling(_RESAMPLE[self.interpolation]))
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        im = im.crop((left, top, left + self.size, top + self.size))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def batch(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return {"pixel_values": np.stack(images).astype(np.float32)}
+
+
+class TextPreprocess:
+    """A Hugging Face ``tokenizers.Tokenizer`` with truncation to ``max_length`` and dynamic padding."""
+
+    kind = "text"
+
+    def __init__(self, tokenizer: Any, max_length: int, pad_id: int):
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.pad_id = int(pad_id)
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_length)
+
+    @classmethod
+    def from_hf(cls, hf_tokenizer: Any, max_length: int) -> "TextPreprocess":
+        """From a transformers fast tokenizer (its backend ``tokenizers.Tokenizer`` is copied, not shared)."""
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        pad = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+        return cls(backend, max_length, pad)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Pad to the longest sequence of this batch only (dynamic padding)."""
+        longest = max(1, max(len(x) for x in ids))
+        input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), longest), dtype=np.int64)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def save(self, directory: Path) -> None:
+        self.tokenizer.save(str(directory / TOKENIZER_FILE))
+
+
+def save_preprocess(directory: Path, pre: ImagePreprocess | TextPreprocess, extra: dict[str, Any]) -> None:
+    """Write ``preprocess.json`` (and ``tokenizer.json`` for text) into an exported model directory."""
+    if isinstance(pre, ImagePreprocess):
+        data = asdict(pre)
+    else:
+        pre.save(directory)
+        data = {"kind": "text", "max_length": pre.max_length, "pad_id": pre.pad_id, "tokenizer": TOKENIZER_FILE}
+    data.update(extra)
+    (directory / PREPROCESS_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_preprocess(directory: Path) -> tuple[ImagePreprocess | TextPreprocess, dict[str, Any]]:
+    """Read what :func:`save_preprocess` wrote; returns the preprocessor and the whole record."""
+    data = json.loads((directory / PREPROCESS_FILE).read_text())
+    if data.get("kind") == "image":
+        fields = ("size", "resize", "mean", "std", "interpolation")
+        return ImagePreprocess(**{k: (tuple(data[k]) if k in ("mean", "std") else data[k]) for k in fields}), data
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(directory / data.get("tokenizer", TOKENIZER_FILE)))
+    return TextPreprocess(tok, data["max_length"], data["pad_id"]), data

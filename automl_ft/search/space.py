@@ -1,0 +1,517 @@
+"""Declarative search spaces: YAML files validated on load, sampled define-by-run through an Optuna trial.
+
+A value in a space is one of
+
+- a scalar (``0.06``, ``mean``): fixed;
+- a list (``[16, 32]``) or ``{choices: [...]}``: categorical;
+- ``{low: L, high: H}`` with optional ``log: true`` / ``step: S`` / ``type: int|float``: a range (ints when both
+  ends are integers).
+
+Layout (see ``search_spaces/*.yaml``)::
+
+    task: text-classification
+    backbones:                 # name -> per-backbone settings (preprocessing, freezing depth, load options)
+      minilm-l6: {max_length: 128, freeze_depth: {low: 0, high: N}}
+    backbone_defaults: {...}   # settings for backbones given with --backbones that are not listed above
+    adaptation:
+      full: {lr: {low: 2e-5, high: 2e-4, log: true}}
+      lora: {rank: [8, 16], alpha: [16, 32], dropout: {low: 0.0, high: 0.1}, lr: {...}}
+    training: {weight_decay: ..., label_smoothing: ..., dropout: ..., batch_size: ..., epochs: ..., ...}
+    sampler: {type: tpe, n_startup_trials: auto, seed_offset: 0}
+    pruner: {type: hyperband, min_resource: 1, reduction_factor: 3}
+    first_trial: {...}         # a known-good configuration tried first in a new study
+
+``N`` (or ``N-2``) in a freezing-depth range is the backbone's block count. Optuna parameter names are the keys,
+prefixed with the backbone for per-backbone values (``minilm-l6.freeze_depth``) and with the adaptation for its
+values (``lora.rank``), so every name keeps one distribution across trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automl_ft.config import AUGMENTS, TrialConfig
+from automl_ft.data import IMAGE, TASKS, TEXT
+from automl_ft.errors import BackboneError, SearchSpaceError
+
+if TYPE_CHECKING:
+    import optuna
+
+TOP_KEYS = {"task", "backbones", "backbone_defaults", "adaptation", "training", "sampler", "pruner", "first_trial",
+            "description"}
+BACKBONE_KEYS = {"freeze_depth", "max_length", "image_size", "augment", "options"}
+BACKBONE_OPTION_KEYS = {"pretrained", "weights", "pooling", "drop_path", "trust_remote_code"}
+ADAPTATION_KEYS = {"full": {"lr"}, "lora": {"rank", "alpha", "dropout", "lr"}}
+TRAINING_KEYS = {"weight_decay", "anchor_decay", "label_smoothing", "dropout", "batch_size", "epochs",
+                 "warmup_ratio", "max_grad_norm", "patience", "head_lr_scale"}
+SAMPLER_KEYS = {"type", "n_startup_trials", "multivariate", "constant_liar", "seed_offset"}
+PRUNER_KEYS = {"type", "min_resource", "reduction_factor", "n_warmup_steps", "n_startup_trials"}
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("hyperband", "successive_halving", "median", "none")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension: fixed, categorical or a range."""
+
+    kind: str  # "fixed" | "categorical" | "int" | "float"
+    value: Any = None
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+
+    def sample(self, trial: "optuna.Trial", name: str) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step) if self.step else 1)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log, step=self.step)
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "fixed":
+            return value == self.value
+        if self.kind == "categorical":
+            return value in self.choices
+        try:
+            return self.low <= float(value) <= self.high
+        except (TypeError, ValueError):
+            return False
+
+    @property
+    def max(self) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return max(self.choices)
+        return self.high
+
+
+class _Ctx:
+    """Where a value sits, for error messages that name the file and the key."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, key: str, msg: str) -> SearchSpaceError:
+        return SearchSpaceError(f"{self.file}: {key}: {msg}")
+
+
+def _param(ctx: _Ctx, key: str, raw: Any, *, kind: str | None = None, low: float | None = None,
+           high: float | None = None, choices: tuple | None = None, block_count: int | None = None) -> Param:
+    """Parse one value; ``kind`` forces int/float/str, ``low``/``high`` bound every value, ``choices`` restricts."""
+
+    def check_num(v: Any, what: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ctx.fail(key, f"{what} must be a number, got {v!r}")
+        if not math.isfinite(v):
+            raise ctx.fail(key, f"{what} must be finite, got {v!r}")
+        if low is not None and v < low:
+            raise ctx.fail(key, f"{what} {v} is below the minimum {low}")
+        if high is not None and v > high:
+            raise ctx.fail(key, f"{what} {v} is above the maximum {high}")
+        if kind == "int" and float(v) != int(v):
+            raise ctx.fail(key, f"{what} must be an integer, got {v!r}")
+        return v
+
+    def check_value(v: Any) -> Any:
+        if block_count is not None:
+            v = _resolve_n(ctx, key, v, block_count)
+        if kind in ("int", "float"):
+            return check_num(v, "value")
+        if kind == "str":
+            if not isinstance(v, str):
+                raise ctx.fail(key, f"must be a string, got {v!r}")
+        if kind == "bool" and not isinstance(v, bool):
+            raise ctx.fail(key, f"must be true or false, got {v!r}")
+        if choices is not None and v not in choices:
+            raise ctx.fail(key, f"{v!r} is not one of {', '.join(map(str, choices))}")
+        return v
+
+    if isinstance(raw, list):
+        raw = {"choices": raw}
+    if isinstance(raw, dict):
+        extra = set(raw) - {"choices", "low", "high", "log", "step", "type"}
+        if extra:
+            raise ctx.fail(key, f"unknown field(s) {', '.join(sorted(extra))}; use choices, or low/high/log/step/type")
+        if "choices" in raw:
+            if set(raw) - {"choices"}:
+                raise ctx.fail(key, "choices cannot be combined with low/high/log/step")
+            vals = raw["choices"]
+            if not isinstance(vals, list) or not vals:
+                raise ctx.fail(key, "choices must be a non-empty list")
+            vals = [check_value(v) for v in vals]
+            if len(set(map(repr, vals))) != len(vals):
+                raise ctx.fail(key, "choices repeat a value")
+            return Param("fixed", value=vals[0]) if len(vals) == 1 else Param("categorical", choices=tuple(vals))
+        if "low" not in raw or "high" not in raw:
+            raise ctx.fail(key, "a range needs both low and high")
+        if kind not in (None, "int", "float"):
+            raise ctx.fail(key, f"must be a {kind}, not a numeric range")
+        lo, hi = check_value(raw["low"]), check_value(raw["high"])
+        typ = raw.get("type") or kind
+        if typ is None:
+            typ = "int" if isinstance(lo, int) and isinstance(hi, int) else "float"
+        if typ not in ("int", "float"):
+            raise ctx.fail(key, f"type must be int or float, got {typ!r}")
+        if lo > hi:
+            raise ctx.fail(key, f"low {lo} is above high {hi}")
+        log = raw.get("log", False)
+        if not isinstance(log, bool):
+            raise ctx.fail(key, "log must be true or false")
+        if log and lo <= 0:
+            raise ctx.fail(key, "a log range needs low > 0")
+        step = raw.get("step")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+                raise ctx.fail(key, "step must be a positive number")
+            if log:
+                raise ctx.fail(key, "step and log cannot be combined")
+        if lo == hi:
+            return Param("fixed", value=int(lo) if typ == "int" else float(lo))
+        return Param(typ, low=lo, high=hi, log=log, step=step)
+    if raw is None:
+        raise ctx.fail(key, "has no value")
+    return Param("fixed", value=check_value(raw))
+
+
+def _resolve_n(ctx: _Ctx, key: str, v: Any, n: int) -> int:
+    """``N`` -> n, ``N-k`` -> n-k, ints clamp to n (a space shared by backbones of different depths)."""
+    if isinstance(v, str):
+        s = v.replace(" ", "")
+        if s == "N":
+            return n
+        if s.startswith("N-") and s[2:].isdigit():
+            return max(0, n - int(s[2:]))
+        raise ctx.fail(key, f"{v!r}: use an integer, N (the block count) or N-k")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ctx.fail(key, f"must be an integer, N or N-k, got {v!r}")
+    if v < 0:
+        raise ctx.fail(key, f"must be >= 0, got {v}")
+    return min(v, n)
+
+
+@dataclass
+class BackboneSpace:
+    name: str
+    num_blocks: int
+    freeze_depth: Param
+    max_length: Param | None
+    image_size: Param | None
+    augment: Param | None
+    options: dict[str, Any]
+
+
+class SearchSpace:
+    """A validated search space: :meth:`suggest` turns an Optuna trial into a :class:`TrialConfig`."""
+
+    def __init__(self, raw: dict[str, Any], file: str, *, backbones: list[str] | None = None,
+                 block_counter=None):
+        self.file = file
+        self.raw = raw
+        ctx = _Ctx(file)
+        if not isinstance(raw, dict):
+            raise SearchSpaceError(f"{file}: the top level must be a mapping of keys (task, backbones, ...)")
+        extra = set(raw) - TOP_KEYS
+        if extra:
+            raise ctx.fail(sorted(extra)[0], f"unknown key; known: {', '.join(sorted(TOP_KEYS))}")
+        self.task = raw.get("task")
+        if self.task not in TASKS:
+            raise ctx.fail("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        counter = block_counter or count_blocks
+        self.backbones = self._parse_backbones(ctx, raw, backbones, counter)
+        self.adaptation = self._parse_adaptation(ctx, raw.get("adaptation"))
+        self.training = self._parse_training(ctx, raw.get("training") or {})
+        self.sampler = self._parse_section(ctx, "sampler", raw.get("sampler") or {}, SAMPLER_KEYS)
+        self.pruner = self._parse_section(ctx, "pruner", raw.get("pruner") or {}, PRUNER_KEYS)
+        if self.sampler.get("type", "tpe") not in SAMPLERS:
+            raise ctx.fail("sampler.type", f"must be one of {', '.join(SAMPLERS)}")
+        if self.pruner.get("type", "hyperband") not in PRUNERS:
+            raise ctx.fail("pruner.type", f"must be one of {', '.join(PRUNERS)}")
+        first = raw.get("first_trial")
+        if first is not None and not isinstance(first, dict):
+            raise ctx.fail("first_trial", "must be a mapping of settings")
+        self.first_trial = dict(first or {})
+        self._check_first_trial(ctx)
+
+    # ------------------------------------------------------------------------------------------------ parsing
+
+    @staticmethod
+    def _parse_section(ctx: _Ctx, name: str, section: Any, keys: set[str]) -> dict[str, Any]:
+        if not isinstance(section, dict):
+            raise ctx.fail(name, "must be a mapping")
+        extra = set(section) - keys
+        if extra:
+            raise ctx.fail(f"{name}.{sorted(extra)[0]}", f"unknown key; known: {', '.join(sorted(keys))}")
+        return dict(section)
+
+    def _parse_backbones(self, ctx: _Ctx, raw: dict, chosen: list[str] | None, counter) -> dict[str, BackboneSpace]:
+        from automl_ft.backbones import resolve_name
+
+        listed = raw.get("backbones")
+        if isinstance(listed, list):
+            listed = {str(n): {} for n in listed}
+        if not isinstance(listed, dict) or not listed:
+            raise ctx.fail("backbones", "must list at least one backbone (a mapping of name -> settings)")
+        defaults = raw.get("backbone_defaults") or {}
+        if not isinstance(defaults, dict):
+            raise ctx.fail("backbone_defaults", "must be a mapping")
+        names = chosen if chosen else list(listed)
+        out: dict[str, BackboneSpace] = {}
+        for name in names:
+            settings = listed.get(name, defaults) or {}
+            key = f"backbones.{name}" if name in listed else "backbone_defaults"
+            if not isinstance(settings, dict):
+                raise ctx.fail(key, "must be a mapping of settings")
+            extra = set(settings) - BACKBONE_KEYS
+            if extra:
+                raise ctx.fail(f"{key}.{sorted(extra)[0]}", f"unknown key; known: {', '.join(sorted(BACKBONE_KEYS))}")
+            options = settings.get("options") or {}
+            if not isinstance(options, dict):
+                raise ctx.fail(f"{key}.options", "must be a mapping")
+            bad = set(options) - BACKBONE_OPTION_KEYS
+            if bad:
+                raise ctx.fail(f"{key}.options.{sorted(bad)[0]}",
+                               f"unknown option; known: {', '.join(sorted(BACKBONE_OPTION_KEYS))}")
+            try:
+                resolve_name(name, self.task)
+            except BackboneError as e:
+                if chosen:
+                    raise
+                raise ctx.fail(key, str(e)) from None
+            n = counter(name, options)
+            fd = _param(ctx, f"{key}.freeze_depth", settings.get("freeze_depth", 0), kind="int", block_count=n)
+            if self.task == TEXT:
+                if "image_size" in settings or "augment" in settings:
+                    raise ctx.fail(key, "image_size/augment apply to image backbones only")
+                ml = _param(ctx, f"{key}.max_length", settings.get("max_length", 128), kind="int", low=8, high=8192)
+                out[name] = BackboneSpace(name, n, fd, ml, None, None, dict(options))
+            else:
+                if "max_length" in settings:
+                    raise ctx.fail(key, "max_length applies to text backbones only")
+                size = _param(ctx, f"{key}.image_size", settings.get("image_size", 224), kind="int", low=16,
+                              high=2048)
+                aug = _param(ctx, f"{key}.augment", settings.get("augment", "crop-flip"), kind="str",
+                             choices=AUGMENTS)
+                out[name] = BackboneSpace(name, n, fd, None, size, aug, dict(options))
+        return out
+
+    @staticmethod
+    def _parse_adaptation(ctx: _Ctx, raw: Any) -> dict[str, dict[str, Param]]:
+        if raw is None:
+            raw = {"full": {"lr": 5e-5}}
+        if not isinstance(raw, dict) or not raw:
+            raise ctx.fail("adaptation", "must map full and/or lora to their settings")
+        out: dict[str, dict[str, Param]] = {}
+        for kind, settings in raw.items():
+            if kind not in ADAPTATION_KEYS:
+                raise ctx.fail(f"adaptation.{kind}", "unknown adaptation; use full or lora")
+            settings = settings or {}
+            if not isinstance(settings, dict):
+                raise ctx.fail(f"adaptation.{kind}", "must be a mapping")
+            extra = set(settings) - ADAPTATION_KEYS[kind]
+            if extra:
+                raise ctx.fail(f"adaptation.{kind}.{sorted(extra)[0]}",
+                               f"unknown key; known: {', '.join(sorted(ADAPTATION_KEYS[kind]))}")
+            if "lr" not in settings:
+                raise ctx.fail(f"adaptation.{kind}.lr", "is required")
+            p = {"lr": _param(ctx, f"adaptation.{kind}.lr", settings["lr"], kind="float", low=1e-8, high=10.0)}
+            if kind == "lora":
+                p["rank"] = _param(ctx, "adaptation.lora.rank", settings.get("rank", 8), kind="int", low=1, high=256)
+                p["alpha"] = _param(ctx, "adaptation.lora.alpha", settings.get("alpha", 16), kind="float", low=1e-3,
+                                    high=4096)
+                p["dropout"] = _param(ctx, "adaptation.lora.dropout", settings.get("dropout", 0.0), kind="float",
+                                      low=0.0, high=0.9)
+            out[kind] = p
+        return out
+
+    @staticmethod
+    def _parse_training(ctx: _Ctx, raw: Any) -> dict[str, Param]:
+        if not isinstance(raw, dict):
+            raise ctx.fail("training", "must be a mapping")
+        extra = set(raw) - TRAINING_KEYS
+        if extra:
+            raise ctx.fail(f"training.{sorted(extra)[0]}", f"unknown key; known: {', '.join(sorted(TRAINING_KEYS))}")
+        spec = {  # key: (default, kind, low, high)
+            "weight_decay": (0.01, "float", 0.0, 10.0),
+            "anchor_decay": (0.0, "float", 0.0, 10.0),
+            "label_smoothing": (0.0, "float", 0.0, 0.5),
+            "dropout": (0.0, "float", 0.0, 0.9),
+            "batch_size": (32, "int", 1, 65536),
+            "epochs": (3, "int", 1, 1000),
+            "warmup_ratio": (0.06, "float", 0.0, 0.5),
+            "max_grad_norm": (1.0, "float", 0.0, 1e6),
+            "patience": (2, "int", 1, 1000),
+            "head_lr_scale": (1.0, "float", 1e-3, 1e3),
+        }
+        return {k: _param(ctx, f"training.{k}", raw.get(k, d), kind=t, low=lo, high=hi)
+                for k, (d, t, lo, hi) in spec.items()}
+
+    def _check_first_trial(self, ctx: _Ctx) -> None:
+        allowed = {"backbone", "freeze_depth", "adaptation", "lr", "rank", "alpha", "lora_dropout", "max_length",
+                   "image_size", "augment"} | set(TRAINING_KEYS)
+        extra = set(self.first_trial) - allowed
+        if extra:
+            raise ctx.fail(f"first_trial.{sorted(extra)[0]}", f"unknown key; known: {', '.join(sorted(allowed))}")
+        a = self.first_trial.get("adaptation")
+        if a is not None and a not in self.adaptation:
+            raise ctx.fail("first_trial.adaptation", f"{a!r} is not in the space's adaptation section")
+
+    # ---------------------------------------------------------------------------------------------- sampling
+
+    @property
+    def max_epochs(self) -> int:
+        return int(self.training["epochs"].max)
+
+    def suggest(self, trial: "optuna.Trial", num_classes: int, seed: int) -> TrialConfig:
+        """Sample a configuration define-by-run (conditional parameters only where they apply)."""
+        names = list(self.backbones)
+        bb_name = names[0] if len(names) == 1 else trial.suggest_categorical("backbone", names)
+        if len(names) == 1:
+            trial.set_user_attr("backbone", bb_name)
+        bb = self.backbones[bb_name]
+        kinds = list(self.adaptation)
+        adaptation = kinds[0] if len(kinds) == 1 else trial.suggest_categorical("adaptation", kinds)
+        ad = self.adaptation[adaptation]
+        values: dict[str, Any] = {
+            "task": self.task,
+            "backbone": bb_name,
+            "num_classes": num_classes,
+            "freeze_depth": int(bb.freeze_depth.sample(trial, f"{bb_name}.freeze_depth")),
+            "adaptation": adaptation,
+            "lr": float(ad["lr"].sample(trial, f"{adaptation}.lr")),
+            "seed": seed,
+            "backbone_options": dict(bb.options),
+        }
+        if adaptation == "lora":
+            values["lora_rank"] = int(ad["rank"].sample(trial, "lora.rank"))
+            values["lora_alpha"] = float(ad["alpha"].sample(trial, "lora.alpha"))
+            values["lora_dropout"] = float(ad["dropout"].sample(trial, "lora.dropout"))
+        if self.task == TEXT:
+            values["max_length"] = int(bb.max_length.sample(trial, f"{bb_name}.max_length"))
+        else:
+            values["image_size"] = int(bb.image_size.sample(trial, f"{bb_name}.image_size"))
+            values["augment"] = str(bb.augment.sample(trial, f"{bb_name}.augment"))
+        for key, param in self.training.items():
+            v = param.sample(trial, key)
+            values[key] = int(v) if param.kind == "int" or key in ("batch_size", "epochs", "patience") else float(v)
+        if values["max_grad_norm"] == 0:
+            values["max_grad_norm"] = None
+        return TrialConfig(**values)
+
+    def first_trial_params(self) -> dict[str, Any] | None:
+        """The ``first_trial`` settings as Optuna parameters (for ``study.enqueue_trial``), or None."""
+        if not self.first_trial:
+            return None
+        ft = self.first_trial
+        names = list(self.backbones)
+        bb_name = ft.get("backbone") if ft.get("backbone") in self.backbones else names[0]
+        bb = self.backbones[bb_name]
+        params: dict[str, Any] = {}
+        if len(names) > 1:
+            params["backbone"] = bb_name
+        kinds = list(self.adaptation)
+        adaptation = ft.get("adaptation", kinds[0])
+        if len(kinds) > 1:
+            params["adaptation"] = adaptation
+
+        def put(name: str, param: Param | None, key: str, cast=None) -> None:
+            if param is None or param.kind == "fixed" or key not in ft:
+                return
+            value = ft[key]
+            if cast is not None:
+                value = cast(value, param)
+            if param.contains(value):
+                params[name] = value
+
+        def clamp(v: Any, p: Param) -> Any:
+            return max(int(p.low), min(int(p.high), int(v))) if p.kind == "int" else v
+
+        put(f"{bb_name}.freeze_depth", bb.freeze_depth, "freeze_depth", clamp)
+        ad = self.adaptation[adaptation]
+        put(f"{adaptation}.lr", ad["lr"], "lr")
+        if adaptation == "lora":
+            put("lora.rank", ad["rank"], "rank")
+            put("lora.alpha", ad["alpha"], "alpha")
+            put("lora.dropout", ad["dropout"], "lora_dropout")
+        put(f"{bb_name}.max_length", bb.max_length, "max_length")
+        put(f"{bb_name}.image_size", bb.image_size, "image_size")
+        put(f"{bb_name}.augment", bb.augment, "augment")
+        for key, param in self.training.items():
+            put(key, param, key)
+        return params
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved space, so a resumed study can tell that its space changed."""
+        data = json.dumps({"raw": self.raw, "backbones": sorted(self.backbones)}, sort_keys=True, default=str)
+        return hashlib.sha1(data.encode()).hexdigest()[:12]
+
+
+def count_blocks(name: str, options: dict[str, Any] | None = None) -> int:
+    """The number of blocks of a backbone without loading its weights (registry, timm on 'meta', HF config)."""
+    from automl_ft.backbones import _REGISTRY, _timm_parts, resolve_name
+
+    r = resolve_name(name)
+    if r.kind == "registry" and _REGISTRY[r.target].num_blocks is not None:
+        return int(_REGISTRY[r.target].num_blocks)
+    if r.kind == "timm":
+        import timm
+        import torch
+
+        with torch.device("meta"):
+            net = timm.create_model(r.target, pretrained=False)
+        return len(_timm_parts(net).blocks)
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(r.target, trust_remote_code=bool((options or {}).get("trust_remote_code")))
+    except Exception as e:
+        raise BackboneError(f"backbone {name!r}: cannot read its config ({str(e).splitlines()[0][:200]}); check the "
+                            "name or pass a local model folder") from None
+    for attr in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(getattr(cfg, attr, None), int):
+            return int(getattr(cfg, attr))
+    raise BackboneError(f"backbone {name!r}: its config does not say how many layers it has")
+
+
+def default_space_path(task: str) -> Path:
+    return Path(str(importlib.resources.files("automl_ft.search_spaces") / f"{task}.yaml"))
+
+
+def load_space(path: str | Path | None, task: str, *, backbones: list[str] | None = None) -> SearchSpace:
+    """Load and validate a search-space YAML (the task's default when ``path`` is None).
+
+    Raises:
+        SearchSpaceError: unreadable or malformed file, or a space for the other task.
+    """
+    import yaml
+
+    file = Path(path).expanduser() if path else default_space_path(task)
+    if not file.is_file():
+        raise SearchSpaceError(f"{file}: no such search-space file; pass --space with a YAML file")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SearchSpaceError(f"{file}: not UTF-8 text; save the YAML as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SearchSpaceError(f"{file}: invalid YAML{where}: {problem}; fix the syntax") from None
+    if raw is None:
+        raise SearchSpaceError(f"{file}: the file is empty; see search_spaces/ for examples")
+    space = SearchSpace(raw, str(file), backbones=backbones)
+    if space.task != task:
+        raise SearchSpaceError(f"{file}: task: the space is for {space.task} but the data is {task}; pass a matching "
+                               "--space")
+    return space

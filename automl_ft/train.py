@@ -1,0 +1,416 @@
+"""Fine-tuning one configuration: the training loop of a trial.
+
+AdamW is :class:`automl_ft.kernels.FusedAdamW` (Triton on CUDA, the PyTorch path elsewhere) with global-norm
+clipping folded into the step; warm-up then cosine decay; label smoothing; bf16 autocast on CUDA; validation once
+per epoch, reported to the pruner; early stopping on the validation metric; the best epoch's weights are kept.
+
+Each epoch also writes a resume point (trainable weights, optimizer, scheduler, RNG, history) so a trial that is
+interrupted (Ctrl-C, a killed worker) continues from its last finished epoch instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from automl_ft.adapt import apply_adaptation, trainable_state
+from automl_ft.backbones import Backbone, load_backbone
+from automl_ft.config import TrialConfig
+from automl_ft.data import IMAGE, LabeledData, Split
+from automl_ft.loaders import ImageBatches, ImageCache, TextBatches, TokenCache
+from automl_ft.metrics import classification_metrics
+from automl_ft.preprocess import ImagePreprocess, TextPreprocess
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+RESUME_WEIGHTS = "last.safetensors"
+RESUME_META = "last.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the configuration is broken (too high a learning rate, usually)."""
+
+
+class Callbacks(Protocol):
+    def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+
+    def on_step(self, step: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+
+
+class NoCallbacks:
+    def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        pass
+
+    def on_step(self, step: int, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class Caches:
+    """Per-process caches shared by the trials of a study (tokenization, decoded images)."""
+
+    tokens: TokenCache = field(default_factory=TokenCache)
+    images: ImageCache = field(default_factory=ImageCache)
+
+
+@dataclass
+class TrainOutcome:
+    best_value: float
+    best_epoch: int
+    epochs_run: int
+    stopped: str  # "completed" | "early_stopping" | "deadline"
+    history: list[dict[str, Any]]
+    seconds: float
+    steps: int
+    adaptation: dict[str, Any]
+    resumed_from_epoch: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_preprocess(backbone: Backbone, config: TrialConfig) -> ImagePreprocess | TextPreprocess:
+    """The eval-time preprocessing of a trial (also what export saves and predict applies)."""
+    if config.task == IMAGE:
+        dc = backbone.data_config
+        size = int(config.image_size)
+        return ImagePreprocess(size=size, resize=size, mean=tuple(float(v) for v in dc.get("mean", (0.5,) * 3)),
+                               std=tuple(float(v) for v in dc.get("std", (0.5,) * 3)),
+                               interpolation=str(dc.get("interpolation", "bicubic")))
+    return TextPreprocess.from_hf(backbone.tokenizer, int(config.max_length))
+
+
+def build_model(config: TrialConfig, *, backend: str = "auto") -> tuple[Backbone, dict[str, Any]]:
+    """Load the backbone and apply freezing / LoRA exactly as the trial did (also used to rebuild for export)."""
+    options = dict(config.backbone_options)
+    backbone = load_backbone(config.backbone, config.num_classes, task=config.task, dropout=config.dropout,
+                             options=options)
+    summary = apply_adaptation(backbone, freeze_depth=min(config.freeze_depth, backbone.num_blocks),
+                               adaptation=config.adaptation, lora_rank=config.lora_rank or 8,
+                               lora_alpha=config.lora_alpha or 16.0, lora_dropout=config.lora_dropout,
+                               backend=backend)
+    return backbone, summary.as_dict()
+
+
+def make_batches(config: TrialConfig, split: Split, pre: ImagePreprocess | TextPreprocess, caches: Caches, *,
+                 train: bool, batch_size: int | None = None):
+    bs = batch_size or config.batch_size
+    if isinstance(pre, TextPreprocess):
+        ids = caches.tokens.get(pre, split.inputs)
+        return TextBatches(ids, split.labels, pre, bs, shuffle=train, seed=config.seed)
+    return ImageBatches(split.inputs, split.labels, pre, bs, augment=config.augment if train else None,
+                        shuffle=train, cache=caches.images, seed=config.seed)
+
+
+def param_groups(model: nn.Module, backbone: Backbone, config: TrialConfig) -> list[dict[str, Any]]:
+    """AdamW groups: decayed weights, undecayed biases / norms / LoRA-free 1-d tensors, and the head.
+
+    The head is new (random) while the body is pretrained, so it may learn ``head_lr_scale`` times faster.
+    """
+    head_ids = {id(p) for h in backbone.parts.head for p in h.parameters()}
+    decay, no_decay, head_decay, head_no_decay = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = id(p) in head_ids
+        no_wd = p.ndim <= 1 or name.endswith(".bias")
+        (head_no_decay if is_head and no_wd else head_decay if is_head else no_decay if no_wd else decay).append(p)
+    clip = config.max_grad_norm
+    groups = []
+    for params, lr, wd in ((decay, config.lr, config.weight_decay), (no_decay, config.lr, 0.0),
+                           (head_decay, config.lr * config.head_lr_scale, config.weight_decay),
+                           (head_no_decay, config.lr * config.head_lr_scale, 0.0)):
+        if params:
+            g: dict[str, Any] = {"params": params, "lr": lr, "weight_decay": wd}
+            if config.anchor_decay and params is decay:
+                g["anchor_decay"] = config.anchor_decay
+            groups.append(g)
+    if clip:
+        # One global norm over every trainable tensor, as clip_grad_norm_ would compute it: the fused optimizer
+        # folds the clipping into the update of each group, so the groups must share the norm (see _clip_coef).
+        for g in groups:
+            g["max_grad_norm"] = float(clip)
+    return groups
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, batches, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over ``batches`` in the original example order."""
+    model.eval()
+    n = len(batches.labels)
+    out: np.ndarray | None = None
+    labels = np.asarray(batches.labels)
+    for inputs, _, idx in batches:
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        with _autocast(device):
+            logits = model(**inputs).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((n, logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    assert out is not None
+    return out, labels
+
+
+def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int,
+             classes: list[str] | None = None) -> dict[str, Any]:
+    logits, labels = predict_logits(model, batches, device)
+    t = torch.from_numpy(logits)
+    loss = float(nn.functional.cross_entropy(t, torch.from_numpy(labels)).item())
+    metrics = classification_metrics(labels, logits.argmax(1), num_classes, classes)
+    metrics["loss"] = loss
+    return metrics
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def make_optimizer(groups: list[dict[str, Any]], config: TrialConfig):
+    from automl_ft.kernels import FusedAdamW
+
+    return FusedAdamW(groups, lr=config.lr, weight_decay=config.weight_decay, backend="auto")
+
+
+def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.device,
+        report: Callable[[int, float], None] | None = None, callbacks: Callbacks | None = None,
+        deadline: float | None = None, resume_dir: Path | None = None, caches: Caches | None = None,
+        backend: str = "auto") -> TrainOutcome:
+    """Train one configuration; keep the best epoch's trainable weights in ``workdir/model.safetensors``.
+
+    Args:
+        report: called with (epoch, validation accuracy) after every epoch; it raises to prune the trial.
+        deadline: ``time.time()`` after which training stops at the next step once an epoch has finished.
+        resume_dir: a directory with a resume point of the same configuration to continue from.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    from safetensors.torch import save_file
+
+    callbacks = callbacks or NoCallbacks()
+    caches = caches or Caches()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.save(workdir / CONFIG_FILE)
+    seed_everything(config.seed)
+    backbone, adaptation = build_model(config, backend=backend)
+    model = backbone.model.to(device)
+    pre = make_preprocess(backbone, config)
+    train_batches = make_batches(config, data.train, pre, caches, train=True)
+    val_batches = make_batches(config, data.val, pre, caches, train=False, batch_size=max(64, config.batch_size))
+    steps_per_epoch = math.ceil(len(train_batches) / config.grad_accumulation)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = make_optimizer(param_groups(model, backbone, config), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, config.warmup_ratio))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, start_epoch, bad_epochs = -1.0, 0, 0, 0
+    if resume_dir is not None and (resume_dir / RESUME_META).is_file():
+        meta = load_resume_point(resume_dir, model, optimizer, scheduler)
+        history = meta["history"]
+        best_value, best_epoch, bad_epochs = meta["best_value"], meta["best_epoch"], meta["bad_epochs"]
+        start_epoch = meta["epoch"]
+        if resume_dir != workdir and (resume_dir / MODEL_FILE).is_file():
+            (workdir / MODEL_FILE).write_bytes((resume_dir / MODEL_FILE).read_bytes())
+        for record in history:  # the pruner sees the resumed trial's curve too
+            if report is not None:
+                report(record["epoch"], record["val_accuracy"])
+
+    started = time.time()
+    steps = 0
+    stopped = "completed"
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.time()
+        model.train()
+        train_batches.set_epoch(epoch)
+        callbacks.on_epoch_start(epoch + 1, config.epochs, len(train_batches))
+        running, count = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, (inputs, labels, _) in enumerate(train_batches):
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            labels = labels.to(device, non_blocking=True)
+            with _autocast(device):
+                logits = model(**inputs)
+            loss = loss_fn(logits.float(), labels)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {i + 1} (lr {config.lr:.3g})")
+            (loss / config.grad_accumulation).backward()
+            if (i + 1) % config.grad_accumulation == 0 or i + 1 == len(train_batches):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                steps += 1
+            running += value * len(labels)
+            count += len(labels)
+            callbacks.on_step(i + 1, value)
+            if deadline is not None and time.time() > deadline and best_epoch > 0:
+                stopped = "deadline"
+                break
+        if stopped == "deadline":
+            break
+        metrics = evaluate(model, val_batches, device, config.num_classes)
+        record = {"epoch": epoch + 1, "train_loss": running / max(1, count), "val_loss": metrics["loss"],
+                  "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+                  "lr": scheduler.get_last_lr()[0], "seconds": time.time() - epoch_start}
+        history.append(record)
+        improved = metrics["accuracy"] > best_value or (
+            metrics["accuracy"] == best_value and metrics["loss"] < _best_loss(history, best_epoch))
+        if improved:
+            best_value, best_epoch, bad_epochs = metrics["accuracy"], epoch + 1, 0
+            save_file(trainable_state(model), str(workdir / MODEL_FILE))
+        else:
+            bad_epochs += 1
+        save_resume_point(workdir, model, optimizer, scheduler, {
+            "epoch": epoch + 1, "history": history, "best_value": best_value, "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs})
+        (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        callbacks.on_epoch_end(record)
+        if report is not None:
+            report(epoch + 1, metrics["accuracy"])
+        if bad_epochs >= config.patience:
+            stopped = "early_stopping"
+            break
+        if deadline is not None and time.time() > deadline:
+            stopped = "deadline"
+            break
+    (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+    return TrainOutcome(best_value, best_epoch, len(history), stopped, history, time.time() - started, steps,
+                        adaptation, resumed_from_epoch=start_epoch)
+
+
+def _best_loss(history: list[dict[str, Any]], best_epoch: int) -> float:
+    for r in history:
+        if r["epoch"] == best_epoch:
+            return r["val_loss"]
+    return float("inf")
+
+
+# ---------------------------------------------------------------------------------------------- resume points
+
+
+def _split_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors in a nested state by references, collecting them for safetensors (no pickle anywhere)."""
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_split_state(k, f"{prefix}.k{i}", tensors), _split_state(v, f"{prefix}.{i}", tensors)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__":
+                [_split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a resume point")
+
+
+def _join_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {_join_state(k, tensors): _join_state(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            return [_join_state(v, tensors) for v in obj["__list__"]]
+        if "__tuple__" in obj:
+            return tuple(_join_state(v, tensors) for v in obj["__tuple__"])
+    return obj
+
+
+def save_resume_point(workdir: Path, model: nn.Module, optimizer, scheduler, meta: dict[str, Any]) -> None:
+    """Write the resume point atomically (weights first, then the JSON that makes it valid)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in trainable_state(model).items()}
+    structure = {
+        "optimizer": _split_state(optimizer.state_dict(), "optim", tensors),
+        "scheduler": _split_state({k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+                                  "sched", tensors),
+        "rng": _split_state({"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]},
+                            "rng", tensors),
+    }
+    tmp_w, tmp_m = workdir / (RESUME_WEIGHTS + ".tmp"), workdir / (RESUME_META + ".tmp")
+    save_file(tensors, str(tmp_w))
+    tmp_m.write_text(json.dumps({**meta, "state": structure}) + "\n")
+    tmp_w.replace(workdir / RESUME_WEIGHTS)
+    tmp_m.replace(workdir / RESUME_META)
+
+
+def load_resume_point(directory: Path, model: nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((directory / RESUME_META).read_text())
+    tensors = load_file(str(directory / RESUME_WEIGHTS))
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_trainable_state(model, model_state)
+    structure = meta.pop("state")
+    optimizer.load_state_dict(_join_state(structure["optimizer"], tensors))
+    sched = _join_state(structure["scheduler"], tensors)
+    scheduler.load_state_dict({**scheduler.state_dict(), **sched})
+    rng = _join_state(structure["rng"], tensors)
+    torch.set_rng_state(rng["torch"])
+    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+    return meta
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a trial's delta into a freshly built model; every tensor must land somewhere."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"checkpoint has tensors the model lacks: {', '.join(unexpected[:5])}")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    absent = sorted(trainable - set(state))
+    if absent:
+        raise RuntimeError(f"checkpoint lacks trainable tensors: {', '.join(absent[:5])}")
+
+
+def clean_resume_point(workdir: Path) -> None:
+    for name in (RESUME_WEIGHTS, RESUME_META):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def load_trained_model(trial_dir: Path, *, device: torch.device | str = "cpu", backend: str = "torch"
+                       ) -> tuple[Backbone, TrialConfig]:
+    """Rebuild a trial's model from its ``config.json`` and best weights."""
+    from safetensors.torch import load_file
+
+    config = TrialConfig.load(trial_dir / CONFIG_FILE)
+    backbone, _ = build_model(config, backend=backend)
+    load_trainable_state(backbone.model, load_file(str(trial_dir / MODEL_FILE)))
+    backbone.model.to(device).eval()
+    return backbone, config
