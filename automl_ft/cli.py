@@ -1,0 +1,159 @@
+"""The ``automl-ft`` command line: tune, export, predict, report, bench.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 1 unexpected error, 130 Ctrl-C.
+Heavy packages are imported by the sub-commands that need them, so ``--help`` and ``predict`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from automl_ft import __version__
+from automl_ft.errors import AutomlError
+
+BENCHES = ("lora", "adamw", "onnx")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors on one line (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+
+def _int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="automl-ft", description="Searched, fine-tuned, tested and ONNX-exported classifiers "
+                     "from labeled images or text.")
+    parser.add_argument("--version", action="version", version=f"automl-ft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("tune", help="search and fine-tune a model on labeled data, then test and export the best",
+                       description="Search and fine-tune on DATA; the best model goes to RUN_DIR/best. Re-running "
+                       "the same command resumes the study. Without DATA, runs an embedded demo (digits).")
+    t.add_argument("data", nargs="?", metavar="DATA",
+                   help="image folder (one sub-folder per class, optionally under train/val/test) or a "
+                        "CSV/TSV/JSONL/Parquet file with text and label columns; omit for the demo")
+    t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; resumed if it exists)")
+    t.add_argument("--task", default="auto", choices=("auto", "image-classification", "text-classification"))
+    t.add_argument("--text-column", metavar="C", help="text column of a table (default: text)")
+    t.add_argument("--label-column", metavar="C", help="label column of a table (default: label)")
+    t.add_argument("--space", metavar="FILE", help="search-space YAML (default: search_spaces/<task>.yaml)")
+    t.add_argument("--trials", type=_int, default=8, metavar="N",
+                   help="total trials of the study (complete + pruned), across resumes and workers (default 8)")
+    t.add_argument("--timeout", type=_number, metavar="SECONDS",
+                   help="stop starting trials after this long; running trials stop at their next epoch")
+    t.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db; "
+                   "postgresql://... for many workers)")
+    t.add_argument("--study", metavar="NAME", help="study name (default: derived from the data)")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, the sampler and training (default 0)")
+    t.add_argument("--backbones", metavar="A,B", help="comma-separated backbones to search over instead of the "
+                   "space's list (registry names, timm names, Hugging Face ids or folders)")
+    t.add_argument("--trust-remote-code", action="store_true",
+                   help="allow Hugging Face models that run their own code (off by default)")
+
+    e = sub.add_parser("export", help="evaluate and export a trial of a run to ONNX (default: the best)")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best complete trial)")
+    e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/best, or RUN_DIR/trial-N)")
+    e.add_argument("--storage", metavar="URL", help="storage URL, needed when run.json hides its password")
+
+    p = sub.add_parser("predict", help="classify files, folders, tables or stdin lines with an exported model")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="an exported model folder, e.g. RUN_DIR/best")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image file, image folder (recursive), CSV/TSV/JSONL/Parquet table, or - for text lines on "
+                        "stdin")
+    p.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely labels")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B")
+    p.add_argument("--provider", default="auto", help="onnxruntime execution provider: auto, cpu or cuda")
+    p.add_argument("--threads", type=int, metavar="T", help="onnxruntime intra-op threads (default: all cores)")
+
+    r = sub.add_parser("report", help="leaderboard, plots and an HTML page for a run")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--storage", metavar="URL", help="storage URL, needed when run.json hides its password")
+
+    b = sub.add_parser("bench", help="benchmarks: kernels against PyTorch/PEFT, ONNX Runtime against PyTorch")
+    b.add_argument("name", choices=BENCHES)
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see its --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return _dispatch(args, argv)
+    except AutomlError as e:
+        sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:  # `automl-ft predict ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command == "tune":
+        from automl_ft.tune import TuneOptions, run_tune
+
+        backbones = [b.strip() for b in args.backbones.split(",") if b.strip()] if args.backbones else None
+        if args.backbones is not None and not backbones:
+            from automl_ft.errors import UsageError
+
+            raise UsageError("--backbones is empty; pass names separated by commas")
+        opts = TuneOptions(data=args.data, out=args.out, task=args.task, text_column=args.text_column,
+                           label_column=args.label_column, space=args.space, trials=args.trials,
+                           timeout=args.timeout, storage=args.storage, study=args.study, device=args.device,
+                           seed=args.seed, backbones=backbones, trust_remote_code=args.trust_remote_code, argv=argv)
+        return run_tune(opts)
+    if args.command == "export":
+        from automl_ft.commands import run_export
+
+        return run_export(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, argv=argv)
+    if args.command == "predict":
+        from automl_ft.predict import run_predict
+
+        return run_predict(args.model_dir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
+                           provider=args.provider, threads=args.threads)
+    if args.command == "report":
+        from automl_ft.commands import run_report
+
+        return run_report(args.run_dir, storage=args.storage)
+    if args.command == "bench":
+        import importlib
+
+        module = importlib.import_module(f"automl_ft.bench.bench_{args.name}")
+        return int(module.main(list(args.args)) or 0)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""``automl-ft export`` and ``automl-ft report``: work on an existing run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from automl_ft.errors import UsageError
+from automl_ft.rundir import RunDir
+
+
+def open_run(run_dir: str, storage: str | None) -> tuple[RunDir, dict[str, Any], Any, str]:
+    """The run folder, its record, its study and the storage URL used."""
+    import optuna
+
+    from automl_ft.search.storage import make_storage, redact_url
+    from automl_ft.tune import quiet_libraries
+
+    quiet_libraries()
+    run = RunDir(run_dir)
+    record = run.load()
+    url = storage or record.get("storage", "")
+    if "***" in url:
+        raise UsageError(f"{run.run_file} stores the storage URL without its password ({url}); pass --storage URL")
+    if storage and redact_url(storage) != record.get("storage"):
+        raise UsageError(f"--storage {redact_url(storage)} is not this run's storage ({record.get('storage')})")
+    st = make_storage(url, heartbeat=False)
+    try:
+        study = optuna.load_study(study_name=record["study"], storage=st)
+    except KeyError:
+        raise UsageError(f"study {record['study']!r} is not in {redact_url(url)}; pass the right --storage") from None
+    return run, record, study, url
+
+
+def load_run_data(record: dict[str, Any]):
+    """Reload the run's data exactly as tune split it, and check it is still the same data."""
+    from automl_ft.data import load_dataset
+
+    opts = record.get("data_options", {})
+    data = load_dataset(record["data_source"], task=opts.get("task", "auto"), text_column=opts.get("text_column"),
+                        label_column=opts.get("label_column"), seed=opts.get("seed", 0))
+    if data.fingerprint != record["data_fingerprint"]:
+        raise UsageError(f"the data at {record['data_source']} changed since the study ran (fingerprint "
+                         f"{data.fingerprint} != {record['data_fingerprint']}); restore it to evaluate on its test split")
+    return data
+
+
+def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None, storage: str | None = None,
+               argv: list[str] | None = None) -> int:
+    from optuna.trial import TrialState
+
+    from automl_ft.rundir import format_command
+    from automl_ft.search.study import best_trial
+    from automl_ft.tune import _printer, export_best
+
+    run, record, study, url = open_run(run_dir, storage)
+    if trial is None:
+        chosen = best_trial(study)
+        if chosen is None:
+            raise UsageError(f"{run.path}: no complete trial to export yet; run tune first")
+    else:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not matches:
+            raise UsageError(f"{run.path}: no trial {trial} (trials 0..{len(study.trials) - 1})")
+        chosen = matches[0]
+        if chosen.state != TrialState.COMPLETE:
+            raise UsageError(f"trial {trial} is {chosen.state.name.lower()}, not complete; pick a complete trial")
+    out_dir = Path(out).expanduser().resolve() if out else (run.best if trial is None else run.path / f"trial-{trial}")
+    data = load_run_data(record)
+    record = {**record, "commands": [*record.get("commands", []), format_command(argv or ["export", run_dir])]}
+    say = _printer()
+    metrics = export_best(run, study, chosen, data, caches=None, record=record, url=url, space=None, started=None,
+                          say=say, out_dir=out_dir)
+    say(f"Exported trial {chosen.number} to {out_dir}: test accuracy {100 * metrics['test']['accuracy']:.2f}%, "
+        f"ONNX agreement {100 * metrics['onnx']['prediction_agreement']:.2f}%.")
+    return 0
+
+
+def run_report(run_dir: str, *, storage: str | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from automl_ft.search.leaderboard import COLUMNS, format_cell, leaderboard
+
+    run, record, study, url = open_run(run_dir, storage)
+    table = Table(title=f"{record['study']} ({len(study.trials)} trials)")
+    for col in COLUMNS:
+        table.add_column(col)
+    for row in leaderboard(study):
+        table.add_row(*(format_cell(c, row.get(c)) for c in COLUMNS))
+    Console().print(table)
+    return 0

@@ -1,0 +1,177 @@
+"""Export a trained trial: merge LoRA, evaluate on the held-out test split, write ONNX, verify it with onnxruntime.
+
+The exported directory is self-contained for ``automl-ft predict`` (which needs no torch)::
+
+    model.onnx          dynamic batch axis (and sequence axis for text)
+    labels.json         class names in output order
+    preprocess.json     the eval-time preprocessing (plus tokenizer.json for text)
+    config.json         the trial's TrialConfig
+    metrics.json        test metrics, and the ONNX-vs-PyTorch check
+    model_card.md       how the model was made (written by card.py)
+
+It is written into a temporary sibling and swapped in at the end, so an export that fails never leaves a
+half-written model, and the previous one stays until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from automl_ft.adapt import merge_lora
+from automl_ft.config import TrialConfig
+from automl_ft.data import IMAGE, LabeledData, Split
+from automl_ft.metrics import classification_metrics
+from automl_ft.preprocess import save_preprocess
+from automl_ft.train import Caches, evaluate, load_trained_model, make_batches, make_preprocess
+
+ONNX_FILE = "model.onnx"
+LABELS_FILE = "labels.json"
+METRICS_FILE = "metrics.json"
+# Agreement with PyTorch is checked on up to this many test examples (all of them for the bundled data sets).
+VERIFY_LIMIT = 2000
+OPSET = 18
+
+
+def export_onnx(model: torch.nn.Module, config: TrialConfig, path: Path) -> str:
+    """Write ``model`` (merged, eval mode, CPU) to ONNX; returns which exporter succeeded.
+
+    The dynamo exporter is tried first (torch's default); the TorchScript exporter is the fallback for models it
+    cannot trace. Example inputs have batch 2 so the batch axis stays symbolic.
+    """
+    model = model.cpu().eval()
+    if config.task == IMAGE:
+        size = int(config.image_size)
+        args: tuple = (torch.randn(2, 3, size, size),)
+        names = ["pixel_values"]
+    else:
+        seq = 16
+        args = (torch.randint(1000, 2000, (2, seq)), torch.ones(2, seq, dtype=torch.long))
+        names = ["input_ids", "attention_mask"]
+    errors = []
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            if config.task == IMAGE:
+                shapes: dict[str, Any] = {"pixel_values": {0: batch}}
+            else:
+                seq_dim = torch.export.Dim("sequence", min=1, max=max(int(config.max_length or 512), 16))
+                shapes = {n: {0: batch, 1: seq_dim} for n in names}
+            torch.onnx.export(model, args, str(path), input_names=names, output_names=["logits"],
+                              dynamic_shapes=shapes, dynamo=True, external_data=False, opset_version=OPSET,
+                              verbose=False)
+            return "dynamo"
+        except Exception as e:  # fall back to the TorchScript exporter
+            errors.append(f"dynamo: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+        try:
+            axes = {n: ({0: "batch"} if config.task == IMAGE else {0: "batch", 1: "sequence"}) for n in names}
+            axes["logits"] = {0: "batch"}
+            torch.onnx.export(model, args, str(path), input_names=names, output_names=["logits"],
+                              dynamic_axes=axes, dynamo=False, opset_version=17)
+            return "torchscript"
+        except Exception as e:
+            errors.append(f"torchscript: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+    raise RuntimeError("ONNX export failed: " + "; ".join(errors))
+
+
+def onnx_logits(session: Any, batches) -> np.ndarray:
+    """Run onnxruntime over batches (the same batches PyTorch saw); logits in example order."""
+    out: np.ndarray | None = None
+    for inputs, _, idx in batches:
+        feeds = {k: v.numpy() for k, v in inputs.items()}
+        logits = session.run(["logits"], feeds)[0]
+        if out is None:
+            out = np.zeros((len(batches.labels), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    assert out is not None
+    return out
+
+
+def _subset(split: Split, limit: int) -> Split:
+    if len(split) <= limit:
+        return split
+    step = len(split) / limit
+    idx = [int(i * step) for i in range(limit)]
+    return Split([split.inputs[i] for i in idx], [split.labels[i] for i in idx])
+
+
+def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: Caches | None = None,
+                 extra_metrics: dict[str, Any] | None = None,
+                 card_writer: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Evaluate a trial on the test split and export it to ``out_dir`` (replaced atomically).
+
+    Args:
+        card_writer: writes the model card into the new directory, given the metrics, before it is swapped in.
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    import onnxruntime as ort
+    from automl_ft.train import predict_logits
+
+    caches = caches or Caches()
+    started = time.time()
+    backbone, config = load_trained_model(trial_dir, backend="torch")
+    model = backbone.model
+    merged = merge_lora(model)
+    model.eval()
+    pre = make_preprocess(backbone, config)
+    test_batches = make_batches(config, data.test, pre, caches, train=False, batch_size=64)
+    torch_logits, labels = predict_logits(model, test_batches, torch.device("cpu"))
+    test = classification_metrics(labels, torch_logits.argmax(1), data.num_classes, data.classes)
+    test["loss"] = float(torch.nn.functional.cross_entropy(torch.from_numpy(torch_logits),
+                                                           torch.from_numpy(labels)).item())
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
+    try:
+        exporter = export_onnx(model, config, tmp / ONNX_FILE)
+        session = ort.InferenceSession(str(tmp / ONNX_FILE), providers=["CPUExecutionProvider"])
+        verify_split = _subset(data.test, VERIFY_LIMIT)
+        verify_batches = make_batches(config, verify_split, pre, caches, train=False, batch_size=64)
+        ref, _ = (torch_logits, labels) if verify_split is data.test else predict_logits(
+            model, verify_batches, torch.device("cpu"))
+        got = onnx_logits(session, verify_batches)
+        onnx_check = {
+            "exporter": exporter,
+            "num_samples": int(len(verify_split)),
+            "max_abs_logit_diff": float(np.abs(got - ref).max()),
+            "prediction_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+            "onnx_test_accuracy": float((got.argmax(1) == np.asarray(verify_split.labels)).mean()),
+        }
+        metrics: dict[str, Any] = {"test": test, "onnx": onnx_check, "lora_layers_merged": merged,
+                                   "export_seconds": time.time() - started, **(extra_metrics or {})}
+        columns = {f"{k}_column": v for k, v in data.summary.get("columns", {}).items()}  # predict reads tables
+        save_preprocess(tmp, pre, {"input_names": list(type(model).input_names), "task": config.task, **columns})
+        (tmp / LABELS_FILE).write_text(json.dumps(data.classes, indent=2) + "\n")
+        config.save(tmp / "config.json")
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        if card_writer is not None:
+            card_writer(tmp, metrics)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.replace(old)
+    tmp.replace(out_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""The leaderboard: one row per trial, shared by the live progress view, the report and the model card."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+COLUMNS = ("trial", "state", "backbone", "adaptation", "freeze", "lr", "batch", "epochs", "val_acc", "minutes", "note")
+
+
+def trial_row(t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
+    """A flat summary of a trial from its parameters and user attributes (set by the objective)."""
+    cfg = t.user_attrs.get("config") or {}
+    adaptation = cfg.get("adaptation", "?")
+    if adaptation == "lora":
+        adaptation = f"lora r{cfg.get('lora_rank')}"
+    epochs = cfg.get("epochs")
+    ran = t.user_attrs.get("epochs_run", len(t.intermediate_values))
+    note = (t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or
+            t.user_attrs.get("stopped") or "")
+    retry_of = t.system_attrs.get("failed_trial")
+    if retry_of is not None:
+        note = (f"retry of #{retry_of}" + (f", resumed at epoch {t.user_attrs['resumed_from_epoch']}"
+                                           if t.user_attrs.get("resumed_from_epoch") else "")
+                + (f"; {note}" if note else ""))
+    value = t.value if t.value is not None else (max(t.intermediate_values.values())
+                                                 if t.intermediate_values else None)
+    seconds = t.user_attrs.get("seconds")
+    if seconds is None and t.datetime_start and t.datetime_complete:
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+    return {
+        "trial": t.number,
+        "state": t.state.name.lower(),
+        "backbone": cfg.get("backbone", t.params.get("backbone", t.user_attrs.get("backbone", "?"))),
+        "adaptation": adaptation,
+        "freeze": cfg.get("freeze_depth"),
+        "lr": cfg.get("lr"),
+        "batch": cfg.get("batch_size"),
+        "epochs": f"{ran}/{epochs}" if epochs else str(ran),
+        "val_acc": value,
+        "minutes": None if seconds is None else seconds / 60.0,
+        "note": note,
+    }
+
+
+def leaderboard(study: "optuna.Study", limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows sorted best first: complete trials by value, then pruned by best intermediate value, then the rest."""
+    from optuna.trial import TrialState
+
+    rank = {TrialState.COMPLETE: 0, TrialState.RUNNING: 1, TrialState.PRUNED: 2, TrialState.FAIL: 3,
+            TrialState.WAITING: 4}
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row = trial_row(t)
+        rows.append((rank.get(t.state, 5), -(row["val_acc"] if row["val_acc"] is not None else -1), t.number, row))
+    rows.sort(key=lambda r: r[:3])
+    out = [r[3] for r in rows]
+    return out[:limit] if limit else out
+
+
+def format_cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "val_acc":
+        return f"{100 * value:.2f}%"
+    if key == "lr":
+        return f"{value:.2g}"
+    if key == "minutes":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join("| " + " | ".join(format_cell(c, r.get(c)).replace("|", "/") for c in columns) + " |\n"
+                   for r in rows)
+    return head + body

@@ -1,0 +1,179 @@
+"""The Optuna objective: sample a configuration, fine-tune it, report every epoch, record what happened.
+
+Failures are contained to their trial and explained in its user attributes (shown in the leaderboard):
+
+- a NaN / infinite loss prunes the trial (``pruned_reason``);
+- CUDA out-of-memory retries the trial in place with half the batch and twice the gradient accumulation (same
+  effective batch), down to batch 1, and fails only that trial if it still does not fit;
+- a backbone that cannot be loaded fails only its trial (``fail_reason``);
+- Ctrl-C records the trial as failed with ``fail_reason: interrupted`` (not RUNNING forever); the next run retries it
+  from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from automl_ft.config import TrialConfig
+from automl_ft.data import LabeledData
+from automl_ft.train import (MODEL_FILE, RESUME_META, Caches, TrainingDiverged, clean_resume_point, fit)
+
+from .space import SearchSpace
+from .study import worker_identity
+
+
+class TrialFailed(Exception):
+    """A trial that cannot run (its backbone does not load, it does not fit in memory): fails only this trial."""
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def describe(config: TrialConfig) -> str:
+    ad = config.adaptation if config.adaptation == "full" else f"lora r{config.lora_rank}"
+    extra = f"{config.image_size}px {config.augment}" if config.image_size else f"len {config.max_length}"
+    return (f"{config.backbone} {ad} freeze {config.freeze_depth} lr {config.lr:.2g} bs {config.batch_size} "
+            f"{config.epochs} ep {extra}")
+
+
+class Objective:
+    """Callable objective of one worker.
+
+    Args:
+        trial_dir: maps a trial number to the directory of its checkpoints.
+        deadline: wall-clock time after which running trials stop at the next epoch boundary (``--timeout``).
+        on_trial_done: called with (trial, trial_dir) after a trial completes (e.g. to upload artifacts).
+        fetch_resume: returns a local directory holding the resume point of a trial number, or None.
+    """
+
+    def __init__(self, space: SearchSpace, data: LabeledData, *, trial_dir: Callable[[int], Path], device: torch.device,
+                 seed: int, progress: Any = None, caches: Caches | None = None, deadline: float | None = None,
+                 backend: str = "auto", on_trial_done: Callable[[Any, Path], None] | None = None,
+                 on_epoch_done: Callable[[Any, Path], None] | None = None,
+                 fetch_resume: Callable[[int], Path | None] | None = None,
+                 trust_remote_code: bool = False):
+        self.space = space
+        self.data = data
+        self.trial_dir = trial_dir
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+        self.caches = caches or Caches()
+        self.deadline = deadline
+        self.backend = backend
+        self.on_trial_done = on_trial_done
+        self.on_epoch_done = on_epoch_done
+        self.fetch_resume = fetch_resume
+        self.trust_remote_code = trust_remote_code
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        history = trial.system_attrs.get("retry_history", []) if hasattr(trial, "system_attrs") else []
+        original = history[0] if history else trial.number
+        # A retry reuses the original trial's seed, so resuming reproduces what the failed run would have done.
+        config = self.space.suggest(trial, self.data.num_classes, seed=self.seed + original)
+        if self.trust_remote_code:
+            config.backbone_options["trust_remote_code"] = True
+        workdir = self.trial_dir(trial.number)
+        resume_dir = self._resume_dir(history)
+        trial.set_user_attr("worker", worker_identity())
+        trial.set_user_attr("config", config.to_dict())
+        if self.progress is not None:
+            self.progress.trial_started(trial.number, describe(config) + (
+                f" (retry of #{history[-1]})" if history else ""))
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if self.on_epoch_done is not None:
+                self.on_epoch_done(trial, workdir)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_reason", f"pruned at epoch {epoch} (val acc {100 * value:.2f}%)")
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        started = time.time()
+        try:
+            outcome = self._fit_with_oom_retry(trial, config, workdir, resume_dir, report)
+        except optuna.TrialPruned:
+            self._discard(workdir)
+            raise
+        except TrainingDiverged as e:
+            trial.set_user_attr("pruned_reason", f"diverged: {e}")
+            self._discard(workdir)
+            raise optuna.TrialPruned(str(e)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); the next run resumes it")
+            raise
+        except TrialFailed as e:
+            trial.set_user_attr("fail_reason", str(e))
+            raise
+        finally:
+            trial.set_user_attr("seconds", time.time() - started)
+        trial.set_user_attr("best_epoch", outcome.best_epoch)
+        trial.set_user_attr("epochs_run", outcome.epochs_run)
+        trial.set_user_attr("stopped", outcome.stopped if outcome.stopped != "completed" else "")
+        trial.set_user_attr("val_loss", _val_loss(outcome.history, outcome.best_epoch))
+        trial.set_user_attr("history", outcome.history)
+        trial.set_user_attr("adaptation", outcome.adaptation)
+        trial.set_user_attr("steps", outcome.steps)
+        if outcome.resumed_from_epoch:
+            trial.set_user_attr("resumed_from_epoch", outcome.resumed_from_epoch)
+        clean_resume_point(workdir)
+        if self.on_trial_done is not None:
+            self.on_trial_done(trial, workdir)
+        return outcome.best_value
+
+    def _resume_dir(self, history: list[int]) -> Path | None:
+        """The newest earlier attempt of this trial that left a resume point."""
+        for number in reversed(history):
+            local = self.trial_dir(number)
+            if (local / RESUME_META).is_file():
+                return local
+            if self.fetch_resume is not None:
+                fetched = self.fetch_resume(number)
+                if fetched is not None:
+                    return fetched
+        return None
+
+    def _fit_with_oom_retry(self, trial, config: TrialConfig, workdir: Path, resume_dir: Path | None, report):
+        while True:
+            try:
+                return fit(config, self.data, workdir, device=self.device, report=report, callbacks=self.progress,
+                           deadline=self.deadline, resume_dir=resume_dir, caches=self.caches, backend=self.backend)
+            except RuntimeError as e:
+                if is_oom(e):
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if config.batch_size <= 1:
+                        raise TrialFailed("out of memory even at batch size 1") from None
+                    config.batch_size //= 2
+                    config.grad_accumulation *= 2
+                    trial.set_user_attr("oom_retries", trial.user_attrs.get("oom_retries", 0) + 1)
+                    trial.set_user_attr("config", config.to_dict())
+                    trial.set_user_attr("note", f"out of memory: batch {config.batch_size} x "
+                                                f"{config.grad_accumulation} accumulation")
+                    resume_dir = workdir if (workdir / RESUME_META).is_file() else resume_dir
+                    continue
+                if str(e).startswith(("cannot load", "cannot find")) or "has no fast tokenizer" in str(e):
+                    raise TrialFailed(str(e)) from None
+                raise
+
+    @staticmethod
+    def _discard(workdir: Path) -> None:
+        """Pruned trials are never exported: free their weights, keep config and history for the report."""
+        for name in (MODEL_FILE,):
+            (workdir / name).unlink(missing_ok=True)
+        clean_resume_point(workdir)
+
+
+def _val_loss(history: list[dict[str, Any]], epoch: int) -> float | None:
+    for r in history:
+        if r["epoch"] == epoch:
+            return r["val_loss"]
+    return None

@@ -1,0 +1,165 @@
+"""Creating, resuming and reading an Optuna study, through Optuna's own samplers, pruners and callbacks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from automl_ft.errors import StorageError
+
+from .space import SearchSpace
+from .storage import redact_text, retry_callback
+
+if TYPE_CHECKING:
+    import optuna
+
+DONE_STATES_NAMES = ("COMPLETE", "PRUNED")
+
+
+def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> "optuna.samplers.BaseSampler":
+    """TPE (multivariate, grouped for the conditional LoRA/full branches, constant liar for parallel workers).
+
+    ``n_startup_trials: auto`` uses a third of the budget (2..10) for random exploration: TPE's default of 10
+    would make every study of 6 trials a random search.
+    """
+    import optuna
+
+    cfg = space.sampler
+    seed = seed + int(cfg.get("seed_offset", 0))
+    kind = cfg.get("type", "tpe")
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = cfg.get("n_startup_trials", "auto")
+    if startup == "auto":
+        startup = min(10, max(2, n_trials // 3))
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=int(startup), multivariate=bool(cfg.get("multivariate", True)), group=True,
+        constant_liar=bool(cfg.get("constant_liar", True)),
+    )
+
+
+def make_pruner(space: SearchSpace) -> "optuna.pruners.BasePruner":
+    """Hyperband (default), successive halving or median pruning on per-epoch validation accuracy."""
+    import optuna
+
+    cfg = space.pruner
+    kind = cfg.get("type", "hyperband")
+    min_resource = int(cfg.get("min_resource", 1))
+    factor = int(cfg.get("reduction_factor", 3))
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max(space.max_epochs, 2),
+                                              reduction_factor=factor)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=factor)
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(cfg.get("n_startup_trials", 2)),
+                                           n_warmup_steps=int(cfg.get("n_warmup_steps", 1)))
+    return optuna.pruners.NopPruner()
+
+
+def open_study(storage: Any, name: str, sampler: Any, pruner: Any, url: str) -> "optuna.Study":
+    """Create the study or load it (``load_if_exists``): re-running a command resumes it."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                   direction="maximize", load_if_exists=True)
+    except (SQLAlchemyError, OSError) as e:
+        raise StorageError(f"cannot open study {name!r}: {redact_text(str(e).splitlines()[0][:200], url)}") from None
+    except ValueError as e:  # e.g. an existing multi-objective study under that name
+        raise StorageError(f"study {name!r} exists with another setup ({e}); pass another --study") from None
+
+
+def worker_identity() -> dict[str, Any]:
+    """Who runs a trial: host, pid and the process start time (pids are reused, start times are not)."""
+    started = None
+    try:
+        import psutil
+
+        started = psutil.Process(os.getpid()).create_time()
+    except Exception:
+        pass
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
+
+
+def _process_alive(pid: int, started: float | None) -> bool:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if started is not None and abs(proc.create_time() - started) > 1.0:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def recover_interrupted(study: "optuna.Study", storage: Any) -> list[int]:
+    """Fail and retry the trials this machine left behind, without waiting for the heartbeat grace period.
+
+    - RUNNING trials whose worker was on this host and is dead (kill -9, power loss): marked FAIL, then retried.
+    - FAIL trials that were interrupted (Ctrl-C, or the above) and have no retry yet: retried.
+
+    A retry is a new WAITING trial with the same parameters (Optuna's retry callback), which resumes from the
+    failed trial's last per-epoch checkpoint. Returns the numbers of the trials retried.
+    """
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    trials = study.get_trials(deepcopy=False)
+    retried_already = {n for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
+    retry = retry_callback()
+    out: list[int] = []
+    for t in trials:
+        worker = t.user_attrs.get("worker") or {}
+        if t.state == TrialState.RUNNING and worker.get("host") == host and \
+                not _process_alive(int(worker.get("pid", -1)), worker.get("started")):
+            try:
+                storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died (process gone)")
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except Exception:  # another worker got there first
+                continue
+            t = storage.get_trial(t._trial_id)
+        elif not (t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "")).startswith(
+                ("interrupted", "worker died"))):
+            continue
+        if t.number in retried_already:
+            continue
+        retry(study, t)
+        retried_already.add(t.number)
+        out.append(t.number)
+    return out
+
+
+def count_done(study: "optuna.Study") -> int:
+    """Trials that count toward ``--trials``: complete or pruned (failed ones are retried or reported)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def best_trial(study: "optuna.Study", exclude: set[int] | None = None) -> "optuna.trial.FrozenTrial | None":
+    """The best complete trial: highest validation accuracy, then lowest validation loss, then the earliest."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and t.number not in (exclude or set())]
+    if not done:
+        return None
+    return min(done, key=lambda t: (-t.value, t.user_attrs.get("val_loss", float("inf")), t.number))
+
+
+def wait_for_running(study: "optuna.Study", timeout: float) -> None:
+    """Wait (bounded) for trials other workers are still running, so the exporter sees the final leaderboard."""
+    from optuna.trial import TrialState
+
+    end = time.time() + timeout
+    while time.time() < end and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        time.sleep(2.0)
