@@ -36,3 +36,130 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared not found at {SHARED}")
     return SHARED
+
+
+# ----------------------------------------------------------------------------------------------- tiny fixtures
+# Real backbones are exercised by the slow end-to-end tests; unit tests use tiny, randomly initialised models of
+# the same architectures so a training run takes seconds.
+
+TEXT_WORDS = {
+    "sports": ["goal", "match", "team", "score", "league", "coach", "striker", "stadium"],
+    "weather": ["rain", "sunny", "storm", "cloud", "forecast", "wind", "snow", "humid"],
+    "food": ["pizza", "pasta", "salad", "bread", "cheese", "soup", "spicy", "dessert"],
+}
+
+
+def make_text_rows(n_per_class: int = 20, seed: int = 0) -> list[tuple[str, str]]:
+    import random
+
+    rng = random.Random(seed)
+    filler = ["the", "a", "today", "really", "very", "we", "saw", "about", "and", "with"]
+    rows = []
+    for label, words in TEXT_WORDS.items():
+        for i in range(n_per_class):
+            toks = rng.sample(words, 2) + rng.sample(filler, 3) + [f"n{i}"]
+            rng.shuffle(toks)
+            rows.append((" ".join(toks), label))
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path: pathlib.Path, rows, header=("text", "label"), sep=",") -> pathlib.Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=sep)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def text_csv(tmp_path) -> pathlib.Path:
+    """120 rows, 3 classes separable by keywords (a tiny random BERT learns it in ~4 epochs)."""
+    return write_csv(tmp_path / "texts.csv", make_text_rows(40))
+
+
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+
+
+def make_image_folder(root: pathlib.Path, n_per_class: int = 12, size: int = 20, classes=None) -> pathlib.Path:
+    """Class folders of noisy solid-colour PNGs (trivially separable, distinct bytes per image)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes or COLORS:
+        color = COLORS.get(name, (128, 128, 128))
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 25, (size, size, 3)), 0, 255)
+            Image.fromarray(arr.astype("uint8")).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> pathlib.Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> pathlib.Path:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as a local Hugging Face model folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from automl_ft.backbones import minilm_dir
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tiny_text_space(tmp_path, tiny_bert_dir) -> pathlib.Path:
+    """A search space over the tiny BERT with both adaptations, 1-2 epochs."""
+    path = tmp_path / "tiny-text.yaml"
+    path.write_text(f"""
+task: text-classification
+backbones:
+  {tiny_bert_dir}:
+    max_length: 32
+    freeze_depth: {{low: 0, high: 1}}
+adaptation:
+  full: {{lr: {{low: 1.0e-3, high: 3.0e-3, log: true}}}}
+  lora: {{rank: [2, 4], alpha: [8], dropout: 0.0, lr: {{low: 3.0e-3, high: 1.0e-2, log: true}}}}
+training:
+  batch_size: [8]
+  epochs: {{low: 1, high: 2}}
+  head_lr_scale: 5.0
+  patience: 2
+pruner: {{type: none}}
+""")
+    return path
+
+
+@pytest.fixture
+def tiny_image_space(tmp_path) -> pathlib.Path:
+    path = tmp_path / "tiny-image.yaml"
+    path.write_text("""
+task: image-classification
+backbones:
+  timm:test_efficientnet:
+    image_size: 32
+    freeze_depth: {low: 0, high: 2}
+    augment: [crop-flip]
+    options: {pretrained: false}
+adaptation:
+  full: {lr: {low: 1.0e-3, high: 3.0e-3, log: true}}
+  lora: {rank: [4], alpha: [8], dropout: 0.0, lr: 5.0e-3}
+training:
+  batch_size: [8]
+  epochs: {low: 1, high: 2}
+pruner: {type: none}
+""")
+    return path

@@ -1,0 +1,193 @@
+"""Bad input never crashes: one line naming the problem and the fix, exit code 2, earlier runs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automl_ft.cli import main
+from tests.conftest import make_image_folder, make_text_rows, write_csv
+
+SPACE_BASE = """
+task: text-classification
+backbones:
+  minilm-l6: {max_length: 64}
+adaptation:
+  full: {lr: 1.0e-4}
+"""
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def earlier_run(tmp_path) -> Path:
+    """A run folder of another study, with files that must survive every failing command."""
+    run = tmp_path / "earlier"
+    (run / "best").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"task": "text-classification", "data_fingerprint": "0" * 16,
+                                              "study": "other-study", "storage": "sqlite:///x.db", "commands": []}))
+    (run / "best" / "model.onnx").write_bytes(b"not really a model")
+    return run
+
+
+def case_inputs(tmp_path: Path, name: str, earlier: Path) -> list[str]:
+    """Arguments of one bad-input case (the files they need are created here)."""
+    good_csv = write_csv(tmp_path / "good.csv", make_text_rows(10))
+    out = ["--out", str(tmp_path / "run")]
+    if name == "missing path":
+        return ["tune", str(tmp_path / "nope"), *out]
+    if name == "empty folder":
+        (tmp_path / "empty").mkdir()
+        return ["tune", str(tmp_path / "empty"), *out]
+    if name == "one class":
+        make_image_folder(tmp_path / "one", classes=["red"])
+        return ["tune", str(tmp_path / "one"), *out]
+    if name == "unknown file type":
+        (tmp_path / "data.xlsx").write_bytes(b"PK\x03\x04")
+        return ["tune", str(tmp_path / "data.xlsx"), *out]
+    if name == "missing label column":
+        return ["tune", str(good_csv), "--label-column", "category", *out]
+    if name == "ambiguous columns":
+        rows = [(t, y, "z") for t, y in make_text_rows(10)]
+        return ["tune", str(write_csv(tmp_path / "amb.csv", rows, header=("body", "label", "extra"))), *out]
+    if name == "non-utf8 text":
+        (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9,a\nthe,b\n".encode("latin-1"))
+        return ["tune", str(tmp_path / "latin.csv"), *out]
+    if name == "empty csv":
+        (tmp_path / "empty.csv").write_text("")
+        return ["tune", str(tmp_path / "empty.csv"), *out]
+    if name == "empty texts":
+        rows = [("", "a")] * 5 + [("x", "a"), ("y", "b")]
+        return ["tune", str(write_csv(tmp_path / "e.csv", rows)), *out]
+    if name == "test labels unseen":
+        (tmp_path / "tt").mkdir()
+        write_csv(tmp_path / "tt" / "train.csv", make_text_rows(10))
+        write_csv(tmp_path / "tt" / "test.csv", [("new", "martian")])
+        return ["tune", str(tmp_path / "tt"), *out]
+    if name == "corrupt images":
+        root = make_image_folder(tmp_path / "imgs", n_per_class=5)
+        for i in range(3):
+            (root / "red" / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+        (root / "green" / "zero.png").write_bytes(b"")
+        return ["tune", str(root), *out]
+    if name == "malformed yaml":
+        (tmp_path / "s.yaml").write_text("task: [oops\n")
+        return ["tune", str(good_csv), "--space", str(tmp_path / "s.yaml"), *out]
+    if name == "unknown space key":
+        (tmp_path / "s.yaml").write_text(SPACE_BASE + "learning_rate: 3\n")
+        return ["tune", str(good_csv), "--space", str(tmp_path / "s.yaml"), *out]
+    if name == "unknown backbone":
+        return ["tune", str(good_csv), "--backbones", "not-a-real-net", *out]
+    if name == "backbone of the other task":
+        return ["tune", str(good_csv), "--backbones", "efficientnet-lite0", *out]
+    if name == "bad storage url":
+        return ["tune", str(good_csv), "--storage", "postgresql//user:pw@host/db", *out]
+    if name == "unreachable storage":
+        return ["tune", str(good_csv), "--storage", "postgresql://u:hunter2@127.0.0.1:1/db", *out]
+    if name == "zero trials":
+        return ["tune", str(good_csv), "--trials", "0", *out]
+    if name == "negative timeout":
+        return ["tune", str(good_csv), "--timeout", "-5", *out]
+    if name == "out is a file":
+        (tmp_path / "file").write_text("x")
+        return ["tune", str(good_csv), "--out", str(tmp_path / "file")]
+    if name == "out is a foreign folder":
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "thesis.tex").write_text("precious")
+        return ["tune", str(good_csv), "--out", str(tmp_path / "mine")]
+    if name == "out holds another study":
+        return ["tune", str(good_csv), "--out", str(earlier)]
+    if name == "column flags on images":
+        return ["tune", str(make_image_folder(tmp_path / "i2")), "--text-column", "x", *out]
+    if name == "cuda without a gpu":
+        return ["tune", str(good_csv), "--device", "cuda", *out]
+    if name == "unknown flag":
+        return ["tune", str(good_csv), "--learning-rate", "3", *out]
+    if name == "predict: not a model folder":
+        return ["predict", str(tmp_path), str(good_csv)]
+    if name == "export: not a run folder":
+        return ["export", str(tmp_path)]
+    if name == "report: not a run folder":
+        return ["report", str(tmp_path)]
+    raise AssertionError(name)
+
+
+CASES = {
+    "missing path": "no such file or folder",
+    "empty folder": "folder is empty",
+    "one class": "only 1 class",
+    "unknown file type": "unknown file type '.xlsx'",
+    "missing label column": "no column 'category'",
+    "ambiguous columns": "no 'text' column and 2 candidates",
+    "non-utf8 text": "not valid UTF-8",
+    "empty csv": "the file is empty",
+    "empty texts": "have an empty text",
+    "test labels unseen": "absent from train",
+    "corrupt images": "4 of 19 images cannot be read",
+    "malformed yaml": "invalid YAML",
+    "unknown space key": "learning_rate: unknown key",
+    "unknown backbone": "unknown backbone 'not-a-real-net'",
+    "backbone of the other task": "is for image-classification",
+    "bad storage url": "is not a database URL",
+    "unreachable storage": "cannot open it",
+    "zero trials": "--trials must be at least 1",
+    "negative timeout": "--timeout must be a positive number",
+    "out is a file": "is a file",
+    "out is a foreign folder": "is not an automl-ft run folder",
+    "out holds another study": "holds another study",
+    "column flags on images": "apply to tables only",
+    "cuda without a gpu": "no CUDA device",
+    "unknown flag": "unrecognized arguments: --learning-rate",
+    "predict: not a model folder": "no model.onnx",
+    "export: not a run folder": "not an automl-ft run folder",
+    "report: not a run folder": "not an automl-ft run folder",
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, earlier_run, name):
+    import torch
+
+    if name == "cuda without a gpu" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    before = snapshot(earlier_run)
+    args = case_inputs(tmp_path, name, earlier_run)
+    with pytest.raises(SystemExit) if name == "unknown flag" else _nullcontext() as exit_info:
+        rc = main(args)
+    if name == "unknown flag":
+        rc = exit_info.value.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and CASES[name] in err, err
+    assert "Traceback" not in err
+    assert "hunter2" not in err  # passwords never leak into messages
+    assert snapshot(earlier_run) == before
+    assert not (tmp_path / "run").exists() or name in ("corrupt images",)  # nothing written for a refused run
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+@pytest.mark.parametrize("args,match", [
+    (["tune", "/definitely/missing", "--out", "/tmp/x"], "no such file or folder"),
+    (["predict", "/definitely/missing", "x.csv"], "no model.onnx"),
+])
+def test_console_script_exit_codes(args, match):
+    """Through a real process: exit status 2, one line on stderr, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "automl_ft", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and match in proc.stderr and "Traceback" not in proc.stderr
