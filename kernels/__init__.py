@@ -10,10 +10,12 @@ from automl_ft.errors import KernelUnavailableError
 from ._backend import BACKENDS, TRITON_INTERPRETER, resolve_backend
 from .lora import lora_linear
 from .lora_layer import LoRAConv1x1, LoRALinear, is_pointwise_conv
+from .optim import FusedAdamW
 
 __all__ = [
     "BACKENDS",
     "TRITON_INTERPRETER",
+    "FusedAdamW",
     "KernelUnavailableError",
     "LoRAConv1x1",
     "LoRALinear",
