@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="leaderboard, plots and an HTML page for a run")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--storage", metavar="URL", help="storage URL, needed when run.json hides its password")
+    r.add_argument("--out", metavar="DIR", help="folder for the plots and index.html (default: RUN_DIR/report)")
 
     b = sub.add_parser("bench", help="benchmarks: kernels against PyTorch/PEFT, ONNX Runtime against PyTorch")
     b.add_argument("name", choices=BENCHES)
@@ -146,7 +147,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "report":
         from automl_ft.commands import run_report
 
-        return run_report(args.run_dir, storage=args.storage)
+        return run_report(args.run_dir, storage=args.storage, out=args.out)
     if args.command == "bench":
         import importlib
 

@@ -76,17 +76,28 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
     return 0
 
 
-def run_report(run_dir: str, *, storage: str | None = None) -> int:
+def run_report(run_dir: str, *, storage: str | None = None, out: str | None = None) -> int:
+    """Print the leaderboard and write plots and an HTML page (default RUN_DIR/report/); see automl_ft/report.py."""
     from rich.console import Console
-    from rich.table import Table
 
-    from automl_ft.search.leaderboard import COLUMNS, format_cell, leaderboard
+    from automl_ft.report import PLOTS, TITLES, build_report, leaderboard_table
 
-    run, record, study, url = open_run(run_dir, storage)
-    table = Table(title=f"{record['study']} ({len(study.trials)} trials)")
-    for col in COLUMNS:
-        table.add_column(col)
-    for row in leaderboard(study):
-        table.add_row(*(format_cell(c, row.get(c)) for c in COLUMNS))
-    Console().print(table)
+    run, record, study, _ = open_run(run_dir, storage)
+    out_dir = Path(out).expanduser().resolve() if out else None
+    report = build_report(run, study, record, out_dir=out_dir)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would truncate the table to 80 columns
+        console = Console(width=max(console.width, 160))
+    console.print(leaderboard_table(report.rows, report.columns, f"{record['study']} ({len(report.rows)} trials)"))
+    for name in PLOTS:
+        if name in report.notes:
+            console.print(f"[dim]{TITLES[name]}: skipped, {report.notes[name]}[/dim]", highlight=False)
+    if report.kernels:
+        saved = [k["saved_ms"] for k in report.kernels if k["saved_ms"] is not None]
+        console.print(f"Kernels measured in {len(report.kernels)} trials"
+                      + (f"; estimated saving {sum(saved):,.1f} ms over the PyTorch reference" if saved else ""),
+                      highlight=False)
+    else:
+        console.print("[dim]Kernel time was not measured in this run.[/dim]")
+    console.print(f"Report: {report.html}", highlight=False, soft_wrap=True)
     return 0
