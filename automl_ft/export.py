@@ -33,7 +33,7 @@ from automl_ft.config import TrialConfig
 from automl_ft.data import IMAGE, LabeledData, Split
 from automl_ft.metrics import classification_metrics
 from automl_ft.preprocess import save_preprocess
-from automl_ft.train import Caches, evaluate, load_trained_model, make_batches, make_preprocess
+from automl_ft.train import PEFT_DIR, Caches, load_trained_model, make_batches, make_preprocess, save_adapter
 
 ONNX_FILE = "model.onnx"
 LABELS_FILE = "labels.json"
@@ -118,26 +118,28 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
         The metrics written to ``metrics.json``.
     """
     import onnxruntime as ort
+
     from automl_ft.train import predict_logits
 
     caches = caches or Caches()
     started = time.time()
     backbone, config = load_trained_model(trial_dir, backend="torch")
     model = backbone.model
-    merged = merge_lora(model)
-    model.eval()
-    pre = make_preprocess(backbone, config)
-    test_batches = make_batches(config, data.test, pre, caches, train=False, batch_size=64)
-    torch_logits, labels = predict_logits(model, test_batches, torch.device("cpu"))
-    test = classification_metrics(labels, torch_logits.argmax(1), data.num_classes, data.classes)
-    test["loss"] = float(torch.nn.functional.cross_entropy(torch.from_numpy(torch_logits),
-                                                           torch.from_numpy(labels)).item())
-
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
     try:
+        if config.adaptation == "lora":  # the adapter is the unmerged form: write it before merging
+            save_adapter(model, config, tmp / PEFT_DIR)
+        merged = merge_lora(model)
+        model.eval()
+        pre = make_preprocess(backbone, config)
+        test_batches = make_batches(config, data.test, pre, caches, train=False, batch_size=64)
+        torch_logits, labels = predict_logits(model, test_batches, torch.device("cpu"))
+        test = classification_metrics(labels, torch_logits.argmax(1), data.num_classes, data.classes)
+        test["loss"] = float(torch.nn.functional.cross_entropy(torch.from_numpy(torch_logits),
+                                                               torch.from_numpy(labels)).item())
         exporter = export_onnx(model, config, tmp / ONNX_FILE)
         session = ort.InferenceSession(str(tmp / ONNX_FILE), providers=["CPUExecutionProvider"])
         verify_split = _subset(data.test, VERIFY_LIMIT)

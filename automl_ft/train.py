@@ -11,6 +11,7 @@ interrupted (Ctrl-C, a killed worker) continues from its last finished epoch ins
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -35,6 +36,9 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 RESUME_WEIGHTS = "last.safetensors"
 RESUME_META = "last.json"
+PEFT_DIR = "peft_adapter"
+
+_log = logging.getLogger("automl_ft.train")
 
 
 class TrainingDiverged(RuntimeError):
@@ -291,6 +295,8 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         if improved:
             best_value, best_epoch, bad_epochs = metrics["accuracy"], epoch + 1, 0
             save_file(trainable_state(model), str(workdir / MODEL_FILE))
+            if config.adaptation == "lora":
+                save_adapter(model, config, workdir / PEFT_DIR)
         else:
             bad_epochs += 1
         save_resume_point(workdir, model, optimizer, scheduler, {
@@ -309,6 +315,17 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
     (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
     return TrainOutcome(best_value, best_epoch, len(history), stopped, history, time.time() - started, steps,
                         adaptation, resumed_from_epoch=start_epoch)
+
+
+def save_adapter(model: nn.Module, config: TrialConfig, out_dir: Path) -> Path | None:
+    """The LoRA adapter in PEFT's format beside our checkpoint (best epoch); a failure here never fails the trial."""
+    from automl_ft.peft_format import save_peft_adapter
+
+    try:
+        return save_peft_adapter(model, config, out_dir)
+    except ValueError as e:
+        _log.warning("PEFT adapter not written to %s: %s", out_dir, e)
+        return None
 
 
 def _best_loss(history: list[dict[str, Any]], best_epoch: int) -> float:

@@ -68,7 +68,8 @@ def default_study_name(data_source: str, fingerprint: str) -> str:
 def quiet_libraries() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs every failed trial with a traceback at WARNING; ours records the reason in the leaderboard.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
     logging.getLogger("timm").setLevel(logging.WARNING)
@@ -167,8 +168,12 @@ def run_tune(opts: TuneOptions) -> int:
     done = count_done(study)
     if done < opts.trials and not timed_out and remaining == 0:
         say(f"The study has {done} of {opts.trials} trials; other workers are still running.")
-    summary = export_best(run, study, best, data, caches=caches, record=record, url=url, space=space,
-                          started=started, say=say)
+    summary = _exported_metrics(run.best, study.study_name, best.number)
+    if summary is None:
+        summary = export_best(run, study, best, data, caches=caches, record=record, url=url, space=space,
+                              started=started, say=say)
+    else:
+        say(f"The best trial ({best.number}) is already exported in {run.best}.")
     test = summary["test"]
     say(f"\nBest: trial {best.number}, validation accuracy {100 * best.value:.2f}%; test accuracy "
         f"{100 * test['accuracy']:.2f}% (macro F1 {100 * test['macro_f1']:.2f}%) on {test['num_examples']} held-out "
@@ -226,12 +231,25 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
                                        "val_accuracy": best.value})
 
 
+def _exported_metrics(best_dir: Path, study_name: str, trial: int) -> dict[str, Any] | None:
+    """metrics.json of an existing export of this very trial, or None (then it must be exported)."""
+    import json
+
+    try:
+        metrics = json.loads((best_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("study") == study_name and metrics.get("trial") == trial and (best_dir / "model.onnx").is_file():
+        return metrics
+    return None
+
+
 def _printer():
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False)
 
     def say(text: str) -> None:
-        console.print(text, markup=False)
+        console.print(text, markup=False, soft_wrap=True)  # logs keep whole lines: no wrapping at 80 columns
 
     return say

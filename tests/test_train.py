@@ -9,7 +9,7 @@ import torch
 
 from automl_ft.config import TrialConfig
 from automl_ft.data import load_dataset
-from automl_ft.train import (HISTORY_FILE, MODEL_FILE, RESUME_META, TrainingDiverged, fit, load_trained_model,
+from automl_ft.train import (HISTORY_FILE, MODEL_FILE, PEFT_DIR, RESUME_META, TrainingDiverged, fit, load_trained_model,
                              warmup_cosine)
 
 CPU = torch.device("cpu")
@@ -48,6 +48,7 @@ def test_lora_fit_on_images(tmp_path, image_folder):
                       augment="crop-flip", backbone_options={"pretrained": False})
     out = fit(cfg, data, tmp_path, device=CPU)
     assert out.adaptation["lora_layers"] > 0 and out.epochs_run == 2
+    assert (tmp_path / PEFT_DIR / "adapter_config.json").is_file()  # the best epoch's adapter, in PEFT's format
 
 
 def test_early_stopping(tmp_path, tiny_bert_dir, text_data):

@@ -20,7 +20,7 @@ def trial_row(t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
     ran = t.user_attrs.get("epochs_run", len(t.intermediate_values))
     note = (t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or
             t.user_attrs.get("stopped") or "")
-    retry_of = t.system_attrs.get("failed_trial")
+    retry_of = (t.user_attrs.get("retry_history") or [None])[-1]
     if retry_of is not None:
         note = (f"retry of #{retry_of}" + (f", resumed at epoch {t.user_attrs['resumed_from_epoch']}"
                                            if t.user_attrs.get("resumed_from_epoch") else "")

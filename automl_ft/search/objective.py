@@ -75,7 +75,7 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        history = trial.system_attrs.get("retry_history", []) if hasattr(trial, "system_attrs") else []
+        history = list(trial.user_attrs.get("retry_history", []))  # set by RetryFromCheckpoint
         original = history[0] if history else trial.number
         # A retry reuses the original trial's seed, so resuming reproduces what the failed run would have done.
         config = self.space.suggest(trial, self.data.num_classes, seed=self.seed + original)

@@ -92,7 +92,7 @@ class SearchProgress:
     # ---------------------------------------------------------------------------------------------- events
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def trial_started(self, number: int, description: str) -> None:
         self._trial_number = number

@@ -18,7 +18,6 @@ from automl_ft.errors import StorageError
 # pause of a live worker's heartbeat thread (a GIL-heavy step plus a slow shared database), so it is generous.
 HEARTBEAT_INTERVAL = 20
 GRACE_PERIOD = 120
-MAX_RETRY = 3
 
 
 def redact_url(url: str) -> str:
@@ -44,13 +43,6 @@ def redact_text(text: str, url: str | None) -> str:
         if password:
             text = text.replace(str(password), "***")
     return text
-
-
-def retry_callback() -> Any:
-    import optuna.storages as s
-
-    cls = getattr(s, "RetryHeartbeatStaleTrialCallback", None) or s.RetryFailedTrialCallback
-    return cls(max_retry=MAX_RETRY)
 
 
 def default_storage_url(run_dir: Path) -> str:
@@ -83,6 +75,8 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
         params = inspect.signature(optuna.storages.RDBStorage).parameters
         key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else \
             "failed_trial_callback"
+        from .retry import retry_callback
+
         kwargs[key] = retry_callback()
     engine_kwargs: dict[str, Any] = {}
     if scheme.startswith("postgres"):

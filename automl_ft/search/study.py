@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from automl_ft.errors import StorageError
 
 from .space import SearchSpace
-from .storage import redact_text, retry_callback
+from .retry import retry_callback
+from .storage import redact_text
 
 if TYPE_CHECKING:
     import optuna
@@ -114,7 +115,7 @@ def recover_interrupted(study: "optuna.Study", storage: Any) -> list[int]:
 
     host = socket.gethostname()
     trials = study.get_trials(deepcopy=False)
-    retried_already = {n for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
+    retried_already = {n for t in trials for n in t.user_attrs.get("retry_history", [])[-1:]}
     retry = retry_callback()
     out: list[int] = []
     for t in trials:

@@ -1,0 +1,170 @@
+"""``automl-ft tune`` end to end on tiny models: search, resume, export, predict, kill -9 and Ctrl-C recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from automl_ft.cli import main
+from tests.conftest import make_text_rows, write_csv
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def load_study(run: Path) -> optuna.Study:
+    record = json.loads((run / "run.json").read_text())
+    return optuna.load_study(study_name=record["study"], storage=record["storage"])
+
+
+def states(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def test_text_tune_export_predict_and_resume(tmp_path, text_csv, tiny_text_space, capsys):
+    run = tmp_path / "run"
+    args = ["tune", str(text_csv), "--out", str(run), "--space", str(tiny_text_space), "--trials", "3", "--seed", "1"]
+    assert main(args) == 0
+    study = load_study(run)
+    assert states(study) == {"COMPLETE": 3}
+    best = run / "best"
+    for name in ("model.onnx", "labels.json", "preprocess.json", "tokenizer.json", "config.json", "metrics.json",
+                 "model_card.md"):
+        assert (best / name).is_file(), name
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert metrics["onnx"]["prediction_agreement"] == 1.0 and metrics["onnx"]["max_abs_logit_diff"] < 1e-3
+    assert metrics["onnx"]["num_samples"] == metrics["test"]["num_examples"] == 12
+    assert set(metrics["test"]) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1", "confusion_matrix"}
+    assert study.trials[metrics["trial"]].value == study.best_value
+    card = (best / "model_card.md").read_text()
+    for section in ("## Data", "## Chosen configuration", "## Search", "## Test metrics", "## ONNX check",
+                    "## Made with", "torch==", "--trials 3"):
+        assert section in card, section
+    assert json.loads((run / "data_summary.json").read_text())["num_classes"] == 3
+
+    capsys.readouterr()
+    assert main(["predict", str(best), str(text_csv)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["input"] for r in lines] == list(range(120))
+    assert all(r["label"] in ("food", "sports", "weather") and 0 < r["score"] <= 1 for r in lines)
+
+    # The same command again: nothing to do, nothing repeated, the export is kept.
+    mtime = (best / "model.onnx").stat().st_mtime
+    assert main(args) == 0
+    assert len(load_study(run).trials) == 3 and (best / "model.onnx").stat().st_mtime == mtime
+    # A larger budget adds exactly the missing trials.
+    assert main(args[:-4] + ["--trials", "4", "--seed", "1"]) == 0
+    assert states(load_study(run)) == {"COMPLETE": 4}
+    record = json.loads((run / "run.json").read_text())
+    assert len(record["commands"]) == 3
+
+
+def test_same_seed_same_trials(tmp_path, text_csv, tiny_text_space):
+    """Same seed, same data, CPU: the same trial parameters and metrics, run after run."""
+    results = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        assert main(["tune", str(text_csv), "--out", str(run), "--space", str(tiny_text_space), "--trials", "2"]) == 0
+        results.append([(t.params, t.value, t.intermediate_values) for t in load_study(run).trials])
+    assert results[0] == results[1]
+
+
+def test_image_tune_and_predict_folder(tmp_path, image_folder, tiny_image_space, capsys):
+    run = tmp_path / "run"
+    assert main(["tune", str(image_folder), "--out", str(run), "--space", str(tiny_image_space), "--trials", "2"]) == 0
+    metrics = json.loads((run / "best" / "metrics.json").read_text())
+    assert metrics["onnx"]["prediction_agreement"] == 1.0
+    capsys.readouterr()
+    assert main(["predict", str(run / "best"), str(image_folder / "red"), "--top-k", "2"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [Path(r["input"]).name for r in lines] == [f"{i:03d}.png" for i in range(12)]
+    assert all(len(r["top_k"]) == 2 for r in lines)
+
+
+def _tune_process(run: Path, data: Path, space: Path, trials: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "automl_ft", "tune", str(data), "--out", str(run), "--space",
+                             str(space), "--trials", str(trials)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"tune ended early:\n{proc.stdout.read()}")
+        if time.time() > end:
+            proc.kill()
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slow_text_setup(tmp_path, tiny_bert_dir):
+    """Three-epoch trials over 600 rows: long enough to interrupt a trial between its epochs."""
+    data = write_csv(tmp_path / "texts.csv", make_text_rows(200))
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""
+task: text-classification
+backbones:
+  {tiny_bert_dir}: {{max_length: 32, freeze_depth: 0}}
+adaptation:
+  full: {{lr: {{low: 1.0e-3, high: 3.0e-3, log: true}}}}
+training: {{batch_size: 8, epochs: 3, patience: 3}}
+pruner: {{type: none}}
+""")
+    return data, space
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_resume(tmp_path, slow_text_setup):
+    data, space = slow_text_setup
+    run = tmp_path / "run"
+    proc = _tune_process(run, data, space, trials=3)
+    _wait_for(run / "trials" / "0001" / "last.json", proc)  # trial 1 finished an epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = time.time()
+    study = load_study(run)
+    assert [t.state.name for t in study.trials][:2] == ["COMPLETE", "RUNNING"]
+    assert main(["tune", str(data), "--out", str(run), "--space", str(space), "--trials", "3"]) == 0
+    study = load_study(run)
+    by_state = states(study)
+    assert by_state == {"COMPLETE": 3, "FAIL": 1}, by_state
+    failed = study.trials[1]
+    assert failed.state.name == "FAIL" and "worker died" in failed.user_attrs["fail_reason"]
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retry) == 1 and retry[0].params == failed.params
+    assert retry[0].user_attrs.get("resumed_from_epoch", 0) >= 1
+    assert (run / "best" / "model.onnx").is_file()
+    assert time.time() - killed_at < 600
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_the_trial_and_the_same_command_resumes(tmp_path, slow_text_setup):
+    data, space = slow_text_setup
+    run = tmp_path / "run"
+    proc = _tune_process(run, data, space, trials=2)
+    _wait_for(run / "trials" / "0000" / "last.json", proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "resumes from its last finished epoch" in out and "Traceback" not in out
+    study = load_study(run)
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert study.trials[0].user_attrs["fail_reason"].startswith("interrupted")
+    assert main(["tune", str(data), "--out", str(run), "--space", str(space), "--trials", "2"]) == 0
+    study = load_study(run)
+    assert states(study) == {"FAIL": 1, "COMPLETE": 2}
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].user_attrs.get("resumed_from_epoch", 0) >= 1
