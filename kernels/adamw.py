@@ -12,9 +12,10 @@ Why the kernels look like this (the design notes of issue 4, with the numbers be
   kernels never load a pointer from memory (Triton's interpreter cannot follow those), only integers, and nothing
   is copied: flattening the gradients instead would cost a read and a write of every gradient per step whenever
   ``zero_grad(set_to_none=True)`` (PyTorch's default) or autograd hands us fresh ``.grad`` tensors, i.e. 36 bytes
-  per fp32 parameter instead of 28, a 22 % slower step. The table is rebuilt only when a data pointer changes (the
-  CUDA caching allocator usually gives the gradients the same addresses every step), so the common step costs no
-  host-to-device copy at all.
+  per fp32 parameter instead of 28: 29 % more memory traffic on a bandwidth-bound step (by byte count; that design
+  was not built). The table is rebuilt only when a data pointer changes; a step whose pointers match the last one
+  (gradients at the same addresses, as a caching allocator tends to give them) costs no host-to-device copy, and a
+  changed one costs a small non-blocking copy of the table, never a synchronisation.
 * **Tiles.** Each program of the update kernel handles one tile: up to ``CHUNK`` contiguous elements of one tensor,
   walked in ``BLOCK``-sized steps. Full blocks are unmasked so that the loads vectorise (a mask compared with a bound
   read from memory has no known alignment, which would force 4-byte accesses); the ragged tail is one masked block.
@@ -23,12 +24,13 @@ Why the kernels look like this (the design notes of issue 4, with the numbers be
 * **The step count stays on the device.** ``_adamw_prologue_kernel`` increments the fp32 step of every parameter that
   has a gradient (and only those: a parameter without a gradient keeps its step and states, as in PyTorch), then
   computes each one's bias corrections in fp64, as PyTorch does on the host in Python floats, and for a clipping group
-  the global gradient norm and ``min(1, max_norm / (norm + 1e-6))``. No ``.item()``, no host synchronisation per
+  the global gradient norm (over every group that clips: ``FusedAdamW`` hands all their partial sums to each
+  prologue) and ``min(1, max_norm / (norm + 1e-6))``. No ``.item()``, no host synchronisation per
   step. It is a separate launch because the update kernel's programs run in no particular order: a step counter
   incremented inside it would be read before and after the increment by different tiles of one tensor.
   Why fp64 for the bias corrections: ``1 - 0.999 ** 1`` in fp32 is off by 1.3e-5 relative (cancellation), which the
   1e-6 agreement with ``torch.optim.AdamW`` over 100 steps cannot afford. ``beta ** step`` is exponentiation by
-  squaring (25 fp64 multiplies cover every step an fp32 counter can count, 2**24).
+  squaring (25 rounds cover every step an fp32 counter can count, 2**24).
 * **Gradient clipping folded into the update.** ``_grad_sumsq_kernel`` reads each gradient once (one partial sum per
   tile), the prologue reduces the partials, and the update kernel multiplies the gradient by the coefficient as it
   reads it: 32 bytes per fp32 parameter, against 40 for ``clip_grad_norm_`` (read for the norm, read and write to
@@ -53,8 +55,8 @@ def adamw_launch_settings(device_type: str) -> tuple[int, int, int]:
     """``(BLOCK, CHUNK, num_warps)`` for the update and norm kernels.
 
     CUDA: 2048-element blocks over 8 warps give each thread 8 fp32 values, i.e. two 128-bit accesses per stream;
-    64 Ki-element tiles make about 1,500 programs for 100 M parameters and about 900 for the 448 LoRA tensors of a
-    7B model, several per SM of an H100 (132 SMs) so that enough loads are in flight. Not yet tuned on a GPU.
+    64 Ki-element tiles make 1,526 programs for 100 M parameters and 640 for the 448 LoRA tensors of a 7B model,
+    several per SM of an H100 (132 SMs) so that enough loads are in flight. Not yet tuned on a GPU.
     Interpreter: it runs programs one after another at a fixed cost per operation, so larger blocks are faster;
     1024 / 4096 still puts a 4,097-element tensor over two tiles, four unmasked blocks and a masked tail, which is
     what the tests need to cover.

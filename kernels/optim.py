@@ -120,6 +120,7 @@ class _Plan:
 
     key: tuple | None
     buckets: list[_BucketPlan]
+    params: list[torch.Tensor]  # group["params"], which positions index
 
 
 class FusedAdamW(torch.optim.Optimizer):
@@ -132,8 +133,12 @@ class FusedAdamW(torch.optim.Optimizer):
             ``anchor_decay`` (L2-SP): ``p -= lr * anchor_decay * (p - p0)`` each step, with ``p0`` the values the
             parameters had when the optimizer was built (kept in the parameters' dtype; pass a value > 0 at
             construction, anchors are not captured later);
-            ``max_grad_norm``: clip the group's gradients to this global L2 norm, folded into the update (the
-            gradients themselves are not modified); ``None`` disables it.
+            ``max_grad_norm``: global-norm clipping folded into the update, as ``clip_grad_norm_`` followed by
+            AdamW would do it. The norm is the L2 norm over the gradients of *every* group that sets
+            ``max_grad_norm`` (one norm, like one ``clip_grad_norm_`` call over all trainable tensors, which is
+            what training code does when it sets it on each of its groups; with a single clipping group it is
+            that group's norm); each group scales by ``min(1, its max_grad_norm / (norm + 1e-6))``. The
+            gradients themselves are not modified; ``None`` disables it. ``last_grad_norm()`` reports the norm.
         master_weights: keep fp32 master weights and fp32 states for bf16/fp16 parameters; the parameters get the
             master rounded to nearest even after each step. Ignored for fp32 parameters.
         backend: ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (the PyTorch reference,
@@ -232,8 +237,8 @@ class FusedAdamW(torch.optim.Optimizer):
         self._reset_caches()
 
     def last_grad_norm(self, group: int = 0) -> torch.Tensor | None:
-        """The global gradient norm (before clipping) of param group ``group`` at the last step, as a 0-dim fp32
-        tensor on the group's device (no synchronisation until you read it); None if the group does not clip."""
+        """The global gradient norm (before clipping) that param group ``group`` was clipped with at the last step,
+        as a 0-dim fp32 tensor on its device (no synchronisation until you read it); None if it does not clip."""
         norm = self._grad_norms.get(group)
         return None if norm is None else norm.clone()
 
@@ -246,6 +251,7 @@ class FusedAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        work = []
         for gi, group in enumerate(self.param_groups):
             try:
                 key = _pointer_key(group)
@@ -256,8 +262,40 @@ class FusedAdamW(torch.optim.Optimizer):
                 plan = self._make_plan(gi, group, key)
                 self._plans[gi] = plan
             if plan.buckets:
-                self._run(gi, group, plan)
+                work.append((gi, group, plan))
+            if group["max_grad_norm"] is None or not plan.buckets:
+                self._grad_norms.pop(gi, None)
+        shared = self._global_grad_norm([plan for _, group, plan in work if group["max_grad_norm"] is not None])
+        for gi, group, plan in work:
+            self._run(gi, group, plan, shared if group["max_grad_norm"] is not None else None)
         return loss
+
+    def _global_grad_norm(self, plans: list[_Plan]) -> torch.Tensor | None:
+        """The clipping groups' shared norm: Triton, per-tile partial sums of squares (fp64) that every prologue
+        reduces, one launch per bucket; torch, the norm itself. None when no group clips."""
+        buckets = [bp for plan in plans for bp in plan.buckets]
+        if not buckets:
+            return None
+        if len({bp.bucket.device for bp in buckets}) > 1:
+            raise ValueError("FusedAdamW: the param groups that clip gradients (max_grad_norm) have parameters on "
+                             "several devices; one global norm needs them on one device")
+        device = buckets[0].bucket.device
+        if buckets[0].backend == "torch":
+            grads = [plan_grads for plan in plans for plan_grads in _plan_grads(plan)]
+            return adamw_grad_norm_reference([g for bucket_grads in grads for g in bucket_grads])
+        from . import adamw
+
+        total = sum(bp.tiles.shape[0] for bp in buckets)
+        # One zero partial when every tensor is empty: the prologues then read a norm of 0.
+        partials = (torch.empty(total, dtype=torch.float64, device=device) if total
+                    else torch.zeros(1, dtype=torch.float64, device=device))
+        with _device_context(device):
+            start = 0
+            for bp in buckets:
+                n = bp.tiles.shape[0]
+                adamw.grad_sumsq(bp.bucket.base, bp.tiles, bp.unit, partials[start:start + n])
+                start += n
+        return partials
 
     def _make_plan(self, gi: int, group: dict[str, Any], key: tuple | None) -> _Plan:
         params = group["params"]
@@ -269,9 +307,6 @@ class FusedAdamW(torch.optim.Optimizer):
             if g.is_sparse:
                 raise RuntimeError(_SPARSE_MESSAGE.format(shape=tuple(p.shape)))
             by_kind.setdefault((p.device, p.dtype), []).append((pos, p, g))
-        if group["max_grad_norm"] is not None and len({dev for dev, _ in by_kind}) > 1:
-            raise ValueError(f"FusedAdamW: param group {gi} clips gradients (max_grad_norm) but has parameters on "
-                             f"several devices; put each device's parameters in its own group")
         amsgrad, anchored = bool(group["amsgrad"]), self._group_anchored(group)
         cacheable = key is not None
         plans: list[_BucketPlan] = []
@@ -308,7 +343,7 @@ class FusedAdamW(torch.optim.Optimizer):
                 if len(slots) < len(bucket.params):
                     bp.active = torch.tensor(slots, dtype=torch.int64, device=device)
             plans.append(bp)
-        plan = _Plan(key if cacheable else None, plans)
+        plan = _Plan(key if cacheable else None, plans, params)
         if cacheable:
             for bp in plans:
                 bp.keepalive = None
@@ -365,31 +400,18 @@ class FusedAdamW(torch.optim.Optimizer):
         self._buckets[(gi, device, dtype)] = bucket
         return bucket
 
-    def _run(self, gi: int, group: dict[str, Any], plan: _Plan) -> None:
+    def _run(self, gi: int, group: dict[str, Any], plan: _Plan, shared: torch.Tensor | None) -> None:
+        """Step one group; ``shared`` is what :meth:`_global_grad_norm` returned when the group clips."""
         lr = group["lr"]
         beta1, beta2 = (float(b) for b in group["betas"])
         max_norm = group["max_grad_norm"]
         anchor_decay = float(group["anchor_decay"])
-        if max_norm is None:
-            self._grad_norms.pop(gi, None)
         triton_plans = [bp for bp in plan.buckets if bp.backend == "triton"]
         torch_plans = [bp for bp in plan.buckets if bp.backend == "torch"]
         if triton_plans:
             from . import adamw
 
-            partials = None
-            device = triton_plans[0].bucket.device
-            with _device_context(device):
-                if max_norm is not None:
-                    total = sum(bp.tiles.shape[0] for bp in triton_plans)
-                    # One zero partial when every tensor is empty: the prologue then reads a norm of 0.
-                    partials = (torch.empty(total, dtype=torch.float64, device=device) if total
-                                else torch.zeros(1, dtype=torch.float64, device=device))
-                    start = 0
-                    for bp in triton_plans:
-                        n = bp.tiles.shape[0]
-                        adamw.grad_sumsq(bp.bucket.base, bp.tiles, bp.unit, partials[start:start + n])
-                        start += n
+            with _device_context(triton_plans[0].bucket.device):
                 for bp in triton_plans:
                     b = bp.bucket
                     adamw.adamw_step(
@@ -398,19 +420,16 @@ class FusedAdamW(torch.optim.Optimizer):
                         max_exp_avg_sq=b.max_exp_avg_sq if group["amsgrad"] else None,
                         anchor=b.anchor if anchor_decay > 0 else None, master=b.master_flat, lr=lr, beta1=beta1,
                         beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                        anchor_decay=anchor_decay, maximize=group["maximize"], partials=partials,
+                        anchor_decay=anchor_decay, maximize=group["maximize"], partials=shared,
                         max_grad_norm=max_norm)
             if max_norm is not None:
                 self._grad_norms[gi] = triton_plans[0].bucket.scalars[0]
         if torch_plans:
-            params = group["params"]
-            grads = [[params[pos].grad for pos in bp.positions] for bp in torch_plans]
             coef = None
             if max_norm is not None:
-                norm = adamw_grad_norm_reference(list(chain.from_iterable(grads)))
-                coef = adamw_clip_coef_reference(norm, max_norm)
-                self._grad_norms[gi] = norm
-            for bp, bgrads in zip(torch_plans, grads):
+                coef = adamw_clip_coef_reference(shared, max_norm)
+                self._grad_norms[gi] = shared
+            for bp, bgrads in zip(torch_plans, _plan_grads(plan, "torch")):
                 lists, b = bp.lists, bp.bucket
                 lr_b = lr.to(b.device) if isinstance(lr, torch.Tensor) else lr
                 if bp.active is None:  # every tensor of the bucket has a gradient
@@ -427,6 +446,13 @@ class FusedAdamW(torch.optim.Optimizer):
 
 
 _data_ptr = torch.Tensor.data_ptr
+
+
+def _plan_grads(plan: _Plan, backend: str | None = None) -> list[list[torch.Tensor]]:
+    """The current gradients of each bucket plan (of one backend), in the plan's order."""
+    params = plan.params
+    return [[params[pos].grad for pos in bp.positions] for bp in plan.buckets
+            if backend is None or bp.backend == backend]
 
 
 def _pointer_key(group: dict[str, Any]) -> tuple:

@@ -294,14 +294,19 @@ def test_anchor_decay_is_l2sp_toward_the_values_at_build_time(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("max_norm", [0.5, 1e4], ids=["clipping", "below-threshold"])
-def test_max_grad_norm_matches_clip_grad_norm_then_adamw(max_norm, backend):
+@pytest.mark.parametrize("scope", ["one-group", "every-group"])
+def test_max_grad_norm_matches_clip_grad_norm_then_adamw(scope, max_norm, backend):
+    """One global norm over the parameters of every group that sets max_grad_norm, as one clip_grad_norm_ call over
+    them (the training loop sets it on each of its groups); a group without it is not clipped."""
     params = make_params(seed=6)
-    other = make_params([(5, 3)], seed=7)  # a second group that does not clip
+    other = make_params([(5, 3)], seed=7)
     ref_params, ref_other = clone_params(params), clone_params(other)
-    ours = FusedAdamW([{"params": params, "max_grad_norm": max_norm}, {"params": other}], lr=1e-2,
-                      backend=backend)
-    ref = torch.optim.AdamW([{"params": ref_params}, {"params": ref_other}], lr=1e-2)
-    for step in range(25):
+    other_clip = {"max_grad_norm": max_norm} if scope == "every-group" else {}
+    ours = FusedAdamW([{"params": params, "max_grad_norm": max_norm},
+                       {"params": other, "lr": 3e-2, "weight_decay": 0.0, **other_clip}], lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW([{"params": ref_params}, {"params": ref_other, "lr": 3e-2, "weight_decay": 0.0}], lr=1e-2)
+    clipped = ref_params + (ref_other if other_clip else [])
+    for step in range(15):
         ours.zero_grad()
         backward(params + other, step)
         grads_before = [p.grad.clone() for p in params]
@@ -310,10 +315,13 @@ def test_max_grad_norm_matches_clip_grad_norm_then_adamw(max_norm, backend):
             assert torch.equal(p.grad, g), "the fused step must not modify the gradients"
         ref.zero_grad()
         backward(ref_params + ref_other, step)
-        norm = torch.nn.utils.clip_grad_norm_(ref_params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(clipped, max_norm)
         ref.step()
         assert_rel_close(ours.last_grad_norm(0), norm, 1e-6, "reported grad norm")
-    assert ours.last_grad_norm(1) is None
+        if other_clip:
+            assert_rel_close(ours.last_grad_norm(1), norm, 1e-6, "reported grad norm of group 1")
+        else:
+            assert ours.last_grad_norm(1) is None
     compare_with_torch(ours, ref, 1e-6)
     if max_norm < 1:
         assert float(norm) > max_norm, "the gradients never exceeded max_norm: clipping was not exercised"
