@@ -67,6 +67,13 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
             raise UsageError(f"trial {trial} is {chosen.state.name.lower()}, not complete; pick a complete trial")
     out_dir = Path(out).expanduser().resolve() if out else (run.best if trial is None else run.path / f"trial-{trial}")
     data = load_run_data(record)
+    local = run.trial_dir(chosen.number)
+    if not (local / "model.safetensors").is_file():  # trained by another worker: fetch it from the artifact store
+        from automl_ft.search.artifacts import TrialArtifacts, make_artifact_store
+
+        store, desc, shared = make_artifact_store(record.get("artifacts"), run.path)
+        if not TrialArtifacts(store, study._storage, shared=shared).fetch_result(chosen, local):
+            raise UsageError(f"trial {chosen.number} has no checkpoint here or in {desc}; export it where it ran")
     record = {**record, "commands": [*record.get("commands", []), format_command(argv or ["export", run_dir])]}
     say = _printer()
     metrics = export_best(run, study, chosen, data, caches=None, record=record, url=url, space=None, started=None,

@@ -95,8 +95,10 @@ class RunDir:
 
 
 def format_command(argv: list[str]) -> str:
-    """``automl-ft`` followed by the arguments as typed, shell-quoted, for the model card."""
-    return " ".join(shlex.quote(a) for a in ["automl-ft", *argv])
+    """``automl-ft`` followed by the arguments as typed, shell-quoted, passwords in URLs masked (run.json, cards)."""
+    from automl_ft.search.storage import redact_url
+
+    return " ".join(shlex.quote(redact_url(a) if "://" in a else a) for a in ["automl-ft", *argv])
 
 
 def write_json(path: Path, data: Any) -> None:

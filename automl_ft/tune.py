@@ -36,6 +36,7 @@ class TuneOptions:
     seed: int = 0
     backbones: list[str] | None = None
     trust_remote_code: bool = False
+    artifacts: str | None = None
     live: bool | None = None
     argv: list[str] = field(default_factory=list)
 
@@ -84,8 +85,9 @@ def run_tune(opts: TuneOptions) -> int:
     from automl_ft.search.progress import SearchProgress
     from automl_ft.search.space import load_space
     from automl_ft.search.storage import default_storage_url, make_storage, redact_url
-    from automl_ft.search.study import (best_trial, count_done, make_pruner, make_sampler, open_study,
-                                        recover_interrupted)
+    from automl_ft.search.artifacts import TrialArtifacts, make_artifact_store
+    from automl_ft.search.study import (StudyBudget, best_trial, claim_export, count_done, make_pruner,
+                                        make_sampler, open_study, recover_interrupted, worker_identity)
     from automl_ft.train import Caches
 
     started = time.time()
@@ -106,19 +108,29 @@ def run_tune(opts: TuneOptions) -> int:
         data_path = Path(opts.data)
     data = load_dataset(data_path, task=opts.task, text_column=opts.text_column, label_column=opts.label_column,
                         seed=opts.seed)
-    space = load_space(opts.space, data.task, backbones=opts.backbones)
+    space_file = opts.space
+    if opts.data is None and space_file is None:
+        from automl_ft.search.space import default_space_path
+
+        space_file = str(default_space_path("digits-demo"))
+    space = load_space(space_file, data.task, backbones=opts.backbones)
     url = opts.storage or default_storage_url(run.path)
     study_name = opts.study or default_study_name(data.source if opts.data else DEMO_NAME, data.fingerprint)
     if opts.storage is not None:
         storage = make_storage(url)  # a user's URL is checked before anything is written
     identity = {"task": data.task, "data_fingerprint": data.fingerprint, "study": study_name,
                 "storage": redact_url(url), "data_source": data.source, "space_file": space.file,
-                "space_fingerprint": space.fingerprint(), "seed": opts.seed,
+                "space_fingerprint": space.fingerprint(), "seed": opts.seed, "artifacts": opts.artifacts,
                 "data_options": {"task": opts.task, "text_column": opts.text_column,
                                  "label_column": opts.label_column, "seed": opts.seed}}
     record = run.claim(identity, format_command(opts.argv), existing)
     if opts.storage is None:
         storage = make_storage(url)
+    store, store_desc, shared = make_artifact_store(opts.artifacts, run.path)
+    artifacts = TrialArtifacts(store, storage, shared=shared)
+    if not url.startswith("sqlite") and not shared:
+        say(f"Note: trial checkpoints stay in {store_desc} on this machine; pass --artifacts /shared/path (or "
+            "s3://bucket/prefix) so workers on other machines can resume and export each other's trials.")
     write_json(run.path / "data_summary.json", data.summary)
 
     sampler = make_sampler(space, opts.trials, opts.seed)
@@ -142,15 +154,21 @@ def run_tune(opts: TuneOptions) -> int:
     if remaining:
         progress = SearchProgress(study, opts.trials, live=opts.live, title=f"automl-ft tune {run.path.name}")
         objective = Objective(space, data, trial_dir=run.trial_dir, device=device, seed=opts.seed,
-                              progress=progress, caches=caches, deadline=deadline,
+                              progress=progress, caches=caches, deadline=deadline, artifacts=artifacts,
                               trust_remote_code=opts.trust_remote_code)
-        stop_at_total = optuna.study.MaxTrialsCallback(
-            opts.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+        stop_at_total = StudyBudget(opts.trials)
         try:
             with progress:
-                study.optimize(objective, n_trials=remaining,
-                               timeout=None if deadline is None else max(1.0, deadline - time.time()),
-                               callbacks=[stop_at_total, progress], catch=(TrialFailed,), gc_after_trial=True)
+                n = remaining
+                while n > 0:
+                    study.optimize(objective, n_trials=n,
+                                   timeout=None if deadline is None else max(1.0, deadline - time.time()),
+                                   callbacks=[stop_at_total, progress], catch=(TrialFailed,), gc_after_trial=True)
+                    if deadline is not None and time.time() >= deadline:
+                        break
+                    # Trials still RUNNING elsewhere may belong to a dead worker: wait for their heartbeats to go
+                    # stale, so their retries run here and the study completes.
+                    n = adopt_stale_trials(study, opts.trials, say)
         except KeyboardInterrupt:
             say(f"\nInterrupted: {count_done(study)} of {opts.trials} trials done; the interrupted trial is recorded "
                 "and resumes from its last finished epoch when you run the same command again:\n  "
@@ -166,14 +184,27 @@ def run_tune(opts: TuneOptions) -> int:
             "again.")
         return 1
     done = count_done(study)
-    if done < opts.trials and not timed_out and remaining == 0:
-        say(f"The study has {done} of {opts.trials} trials; other workers are still running.")
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if done < opts.trials and not timed_out and running:
+        say(f"The study has {done} of {opts.trials} trials and {len(running)} running on other workers; the worker "
+            "that completes it exports the best model (or run automl-ft export later).")
+        return 0
     summary = _exported_metrics(run.best, study.study_name, best.number)
-    if summary is None:
+    if summary is not None:
+        say(f"The best trial ({best.number}) is already exported in {run.best}.")
+    elif claim_export(storage, study, best.number, worker_identity()):
+        local = run.trial_dir(best.number)
+        if not (local / "model.safetensors").is_file() and not artifacts.fetch_result(best, local):
+            say(f"Trial {best.number}'s checkpoint is neither here nor in the artifact store ({store_desc}); "
+                "run automl-ft export on the machine that trained it.")
+            return 1
         summary = export_best(run, study, best, data, caches=caches, record=record, url=url, space=space,
                               started=started, say=say)
     else:
-        say(f"The best trial ({best.number}) is already exported in {run.best}.")
+        claim = study.user_attrs.get(f"export:{best.number}", {})
+        say(f"The best trial ({best.number}) was exported by another worker ({claim.get('host')}, pid "
+            f"{claim.get('pid')}); run 'automl-ft export {run.path}' to export it here too.")
+        return 0
     test = summary["test"]
     say(f"\nBest: trial {best.number}, validation accuracy {100 * best.value:.2f}%; test accuracy "
         f"{100 * test['accuracy']:.2f}% (macro F1 {100 * test['macro_f1']:.2f}%) on {test['num_examples']} held-out "
@@ -181,6 +212,38 @@ def run_tune(opts: TuneOptions) -> int:
         f"{100 * summary['onnx']['prediction_agreement']:.2f}%.\nModel: {run.best}  (card: {run.best / 'model_card.md'})"
         f"\nPredict: automl-ft predict {run.best} INPUT...\nTotal time: {(time.time() - started) / 60:.1f} min.")
     return 0
+
+
+def adopt_stale_trials(study: Any, n_trials: int, say) -> int:
+    """Wait (at most a heartbeat grace period) while other workers' trials run; returns how many trials to run next.
+
+    A worker that was killed leaves its trial RUNNING until its heartbeat is older than the grace period; then
+    ``fail_stale_trials`` marks it failed and the retry callback queues it again (WAITING). A live worker's trial
+    just keeps running, and this worker leaves the study to it once the grace period has passed.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from automl_ft.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+    from automl_ft.search.study import count_done
+
+    end = time.time() + GRACE_PERIOD + 2 * HEARTBEAT_INTERVAL
+    announced = False
+    while True:
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if waiting:
+            return waiting + max(0, n_trials - count_done(study) - running)
+        if not running or time.time() >= end:
+            return 0
+        if not announced:
+            say(f"{running} trial(s) still running on other workers; watching their heartbeats for up to "
+                f"{end - time.time():.0f} s in case a worker died.")
+            announced = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(min(HEARTBEAT_INTERVAL, max(0.5, end - time.time())))
 
 
 def search_summary(study: Any, best: Any, url: str, space: Any, started: float | None) -> dict[str, Any]:

@@ -48,16 +48,13 @@ class Objective:
     Args:
         trial_dir: maps a trial number to the directory of its checkpoints.
         deadline: wall-clock time after which running trials stop at the next epoch boundary (``--timeout``).
-        on_trial_done: called with (trial, trial_dir) after a trial completes (e.g. to upload artifacts).
-        fetch_resume: returns a local directory holding the resume point of a trial number, or None.
+        artifacts: uploads finished trials and (when shared) per-epoch resume points; fetches resume points of
+            trials that ran on other machines.
     """
 
     def __init__(self, space: SearchSpace, data: LabeledData, *, trial_dir: Callable[[int], Path], device: torch.device,
                  seed: int, progress: Any = None, caches: Caches | None = None, deadline: float | None = None,
-                 backend: str = "auto", on_trial_done: Callable[[Any, Path], None] | None = None,
-                 on_epoch_done: Callable[[Any, Path], None] | None = None,
-                 fetch_resume: Callable[[int], Path | None] | None = None,
-                 trust_remote_code: bool = False):
+                 backend: str = "auto", artifacts: Any = None, trust_remote_code: bool = False):
         self.space = space
         self.data = data
         self.trial_dir = trial_dir
@@ -67,9 +64,7 @@ class Objective:
         self.caches = caches or Caches()
         self.deadline = deadline
         self.backend = backend
-        self.on_trial_done = on_trial_done
-        self.on_epoch_done = on_epoch_done
-        self.fetch_resume = fetch_resume
+        self.artifacts = artifacts
         self.trust_remote_code = trust_remote_code
 
     def __call__(self, trial) -> float:
@@ -82,7 +77,7 @@ class Objective:
         if self.trust_remote_code:
             config.backbone_options["trust_remote_code"] = True
         workdir = self.trial_dir(trial.number)
-        resume_dir = self._resume_dir(history)
+        resume_dir = self._resume_dir(trial, history)
         trial.set_user_attr("worker", worker_identity())
         trial.set_user_attr("config", config.to_dict())
         if self.progress is not None:
@@ -91,8 +86,8 @@ class Objective:
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)
-            if self.on_epoch_done is not None:
-                self.on_epoch_done(trial, workdir)
+            if self.artifacts is not None:
+                self.artifacts.upload_resume(trial, workdir)
             if trial.should_prune():
                 trial.set_user_attr("pruned_reason", f"pruned at epoch {epoch} (val acc {100 * value:.2f}%)")
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -101,11 +96,11 @@ class Objective:
         try:
             outcome = self._fit_with_oom_retry(trial, config, workdir, resume_dir, report)
         except optuna.TrialPruned:
-            self._discard(workdir)
+            self._discard(trial, workdir)
             raise
         except TrainingDiverged as e:
             trial.set_user_attr("pruned_reason", f"diverged: {e}")
-            self._discard(workdir)
+            self._discard(trial, workdir)
             raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); the next run resumes it")
@@ -125,18 +120,19 @@ class Objective:
         if outcome.resumed_from_epoch:
             trial.set_user_attr("resumed_from_epoch", outcome.resumed_from_epoch)
         clean_resume_point(workdir)
-        if self.on_trial_done is not None:
-            self.on_trial_done(trial, workdir)
+        if self.artifacts is not None:
+            self.artifacts.upload_result(trial, workdir)
         return outcome.best_value
 
-    def _resume_dir(self, history: list[int]) -> Path | None:
-        """The newest earlier attempt of this trial that left a resume point."""
+    def _resume_dir(self, trial, history: list[int]) -> Path | None:
+        """The newest earlier attempt of this trial that left a resume point (here, or in the artifact store)."""
         for number in reversed(history):
             local = self.trial_dir(number)
             if (local / RESUME_META).is_file():
                 return local
-            if self.fetch_resume is not None:
-                fetched = self.fetch_resume(number)
+            if self.artifacts is not None:
+                previous = [t for t in trial.study.get_trials(deepcopy=False) if t.number == number]
+                fetched = self.artifacts.fetch_resume(previous[0]) if previous else None
                 if fetched is not None:
                     return fetched
         return None
@@ -164,12 +160,12 @@ class Objective:
                     raise TrialFailed(str(e)) from None
                 raise
 
-    @staticmethod
-    def _discard(workdir: Path) -> None:
+    def _discard(self, trial, workdir: Path) -> None:
         """Pruned trials are never exported: free their weights, keep config and history for the report."""
-        for name in (MODEL_FILE,):
-            (workdir / name).unlink(missing_ok=True)
+        (workdir / MODEL_FILE).unlink(missing_ok=True)
         clean_resume_point(workdir)
+        if self.artifacts is not None:
+            self.artifacts.drop_resume(trial)
 
 
 def _val_loss(history: list[dict[str, Any]], epoch: int) -> float | None:

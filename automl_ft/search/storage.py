@@ -7,7 +7,9 @@ Passwords never leave this module in clear: everything shown to users goes throu
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,8 @@ from automl_ft.errors import StorageError
 
 # A worker beats every 20 s; after 120 s of silence its trial is stale. The grace period must exceed the longest
 # pause of a live worker's heartbeat thread (a GIL-heavy step plus a slow shared database), so it is generous.
-HEARTBEAT_INTERVAL = 20
-GRACE_PERIOD = 120
+HEARTBEAT_INTERVAL = int(os.environ.get("AUTOML_FT_HEARTBEAT_INTERVAL", "20"))
+GRACE_PERIOD = int(os.environ.get("AUTOML_FT_GRACE_PERIOD", "120"))  # tests shorten both through the environment
 
 
 def redact_url(url: str) -> str:
@@ -86,9 +88,19 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
         # Several local workers share one SQLite file: wait for the lock instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        for attempt in range(6):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            except SQLAlchemyError as e:
+                # Workers that start together on an empty database race to create Optuna's tables; the loser
+                # sees a duplicate-key error and simply retries once the tables exist.
+                text = str(e).lower()
+                if attempt == 5 or not ("unique" in text or "already exists" in text or "duplicate" in text):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
     except (ArgumentError, ImportError, ModuleNotFoundError) as e:
         raise StorageError(f"--storage {redact_url(url)}: {redact_text(_first_line(e), url)}; check the URL scheme "
                            "(sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB) and its driver") from None

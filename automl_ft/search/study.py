@@ -164,3 +164,61 @@ def wait_for_running(study: "optuna.Study", timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         time.sleep(2.0)
+
+
+class StudyBudget:
+    """Optuna callback: stop this worker once the study's total (``--trials``) is reached or taken.
+
+    Counts complete and pruned trials plus trials other workers are running, so parallel workers do not start
+    trials beyond the total (``MaxTrialsCallback`` counts only finished ones: with W workers it overshoots by up to
+    W - 1).
+    """
+
+    def __init__(self, n_trials: int):
+        self.n_trials = n_trials
+
+    def __call__(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+        from optuna.trial import TrialState
+
+        taken = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                             TrialState.RUNNING)))
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if taken >= self.n_trials and not waiting:  # queued retries still run: they replace failed trials
+            study.stop()
+
+
+def claim_export(storage: Any, study: "optuna.Study", trial_number: int, worker: dict[str, Any]) -> bool:
+    """Atomically claim the export of ``trial_number``: exactly one worker gets True.
+
+    A study user attribute ``export:<trial>`` is inserted in a transaction that holds the study's row lock
+    (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so concurrent workers cannot both
+    insert it; Optuna's unique (study, key) constraint backs this up.
+    """
+    import json
+
+    from optuna.storages._rdb import models
+    from sqlalchemy.exc import IntegrityError
+
+    key = f"export:{trial_number}"
+    backend = getattr(storage, "_backend", storage)  # _CachedStorage wraps the RDB storage
+    session = backend.scoped_session()
+    try:
+        study_id = study._study_id
+        session.query(models.StudyModel).filter(models.StudyModel.study_id == study_id).with_for_update().one()
+        existing = session.query(models.StudyUserAttributeModel).filter(
+            models.StudyUserAttributeModel.study_id == study_id, models.StudyUserAttributeModel.key == key
+        ).one_or_none()
+        if existing is not None:
+            session.commit()
+            return False
+        session.add(models.StudyUserAttributeModel(study_id=study_id, key=key, value_json=json.dumps(worker)))
+        session.commit()
+        return True
+    except IntegrityError:
+        session.rollback()
+        return False
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        session.close()
