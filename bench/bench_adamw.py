@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup_ms if args.warmup_ms is not None else (5 if args.quick else 100)
     rep = args.rep_ms if args.rep_ms is not None else (20 if args.quick else 500)
     rounds = args.rounds or (1 if args.quick or args.device.startswith("cuda") else 3)
+    load_before = os.getloadavg()
     rows, config = run(args.device, cases, args.quick, warmup, rep, rounds)
+    # On a shared CPU other processes' load skews the timings: record it next to them.
+    config["load_avg_1_5_15_before_after"] = [list(load_before), list(os.getloadavg())]
     config["targets"] = _targets(rows, args.device)
     config["quick"] = args.quick
     env = environment(args.device)
