@@ -96,6 +96,13 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         f"- Search wall time: {search.get('minutes', 0):.1f} min",
         "",
     ]
+    if search.get("best_latency_ms") is not None:
+        lines.insert(-1, f"- Latency of the chosen model: {search['best_latency_ms']:.2f} ms (onnxruntime, CPU, batch 1, "
+                         "median after warm-up)")
+    if search.get("pareto_front"):
+        lines += ["### Pareto front (accuracy vs latency)", "", "| trial | val accuracy | latency ms |", "|---|---|---|"]
+        lines += [f"| {p['trial']} | {_pct(p['val_accuracy'])} | {p['latency_ms']:.2f} |" for p in search["pareto_front"]]
+        lines.append("")
     if leaderboard_md:
         lines += ["### Leaderboard", "", leaderboard_md, ""]
     lines += [

@@ -55,9 +55,10 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
 
     run, record, study, url = open_run(run_dir, storage)
     if trial is None:
-        chosen = best_trial(study)
+        chosen = best_trial(study, record.get("max_latency_ms"))
         if chosen is None:
-            raise UsageError(f"{run.path}: no complete trial to export yet; run tune first")
+            raise UsageError(f"{run.path}: no complete trial to export yet" + (
+                f" under {record['max_latency_ms']:g} ms" if record.get("max_latency_ms") else "") + "; run tune first")
     else:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
         if not matches:

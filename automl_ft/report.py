@@ -59,29 +59,6 @@ class Report:
 # ------------------------------------------------------------------------------------------------ leaderboard
 
 
-class _FirstObjective:
-    """A trial seen through its first objective: ``leaderboard.trial_row`` reads ``trial.value``, which Optuna
-    refuses on multi-objective trials; the first objective is the accuracy ([maximize accuracy, minimize ...])."""
-
-    def __init__(self, trial: optuna.trial.FrozenTrial):
-        self._trial = trial
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._trial, name)
-
-    @property
-    def value(self) -> float | None:
-        return self._trial.values[0] if self._trial.values else None
-
-
-class _FirstObjectiveStudy:
-    def __init__(self, study: optuna.Study):
-        self._study = study
-
-    def get_trials(self, deepcopy: bool = False, states=None) -> list[_FirstObjective]:
-        return [_FirstObjective(t) for t in self._study.get_trials(deepcopy=deepcopy, states=states)]
-
-
 def objective_names(study: optuna.Study) -> list[str]:
     """The study's metric names, or defaults (the first objective is the validation accuracy)."""
     names = list(study.metric_names or [])
@@ -91,16 +68,17 @@ def objective_names(study: optuna.Study) -> list[str]:
 
 
 def report_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-    """Leaderboard rows (best first) and their columns; extra objectives of a multi-objective study get a column."""
-    if len(study.directions) == 1:
-        return leaderboard(study), COLUMNS
-    rows = leaderboard(_FirstObjectiveStudy(study))  # type: ignore[arg-type]
-    extra = objective_names(study)[1:]
+    """Leaderboard rows (best first) and their columns; objectives beyond accuracy and latency get a column."""
+    rows = leaderboard(study)
+    extra = [n for n in objective_names(study)[1:] if n not in COLUMNS]
+    if not extra:
+        return rows, COLUMNS
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     for row in rows:
         values = by_number[row["trial"]].values or []
-        for i, name in enumerate(extra, start=1):
-            row[name] = values[i] if i < len(values) else None
+        for i, name in enumerate(objective_names(study)[1:], start=1):
+            if name in extra:
+                row[name] = values[i] if i < len(values) else None
     at = COLUMNS.index("val_acc") + 1
     return rows, COLUMNS[:at] + tuple(extra) + COLUMNS[at:]
 

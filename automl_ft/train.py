@@ -27,6 +27,7 @@ from automl_ft.adapt import apply_adaptation, trainable_state
 from automl_ft.backbones import Backbone, load_backbone
 from automl_ft.config import TrialConfig
 from automl_ft.data import IMAGE, LabeledData, Split
+from automl_ft.kernel_timing import KernelTimer
 from automl_ft.loaders import ImageBatches, ImageCache, TextBatches, TokenCache
 from automl_ft.metrics import classification_metrics
 from automl_ft.preprocess import ImagePreprocess, TextPreprocess
@@ -83,6 +84,7 @@ class TrainOutcome:
     steps: int
     adaptation: dict[str, Any]
     resumed_from_epoch: int = 0
+    kernel_time: dict[str, Any] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -238,6 +240,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
     optimizer = make_optimizer(param_groups(model, backbone, config), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, config.warmup_ratio))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    timer = KernelTimer(model, optimizer, device)
 
     history: list[dict[str, Any]] = []
     best_value, best_epoch, start_epoch, bad_epochs = -1.0, 0, 0, 0
@@ -273,7 +276,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
                 raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {i + 1} (lr {config.lr:.3g})")
             (loss / config.grad_accumulation).backward()
             if (i + 1) % config.grad_accumulation == 0 or i + 1 == len(train_batches):
-                optimizer.step()
+                timer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 steps += 1
@@ -314,7 +317,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
             break
     (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
     return TrainOutcome(best_value, best_epoch, len(history), stopped, history, time.time() - started, steps,
-                        adaptation, resumed_from_epoch=start_epoch)
+                        adaptation, resumed_from_epoch=start_epoch, kernel_time=timer.close())
 
 
 def save_adapter(model: nn.Module, config: TrialConfig, out_dir: Path) -> Path | None:

@@ -37,6 +37,9 @@ class TuneOptions:
     backbones: list[str] | None = None
     trust_remote_code: bool = False
     artifacts: str | None = None
+    objective: str = "accuracy"
+    max_latency_ms: float | None = None
+    latency_threads: int | None = None
     live: bool | None = None
     argv: list[str] = field(default_factory=list)
 
@@ -49,6 +52,17 @@ class TuneOptions:
             raise UsageError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.study):
             raise UsageError(f"--study {self.study!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+        objectives = tuple(o.strip() for o in self.objective.split(",") if o.strip())
+        if objectives not in (("accuracy",), ("accuracy", "latency")):
+            raise UsageError(f"--objective {self.objective!r}: use accuracy or accuracy,latency")
+        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+            raise UsageError(f"--max-latency-ms must be positive, got {self.max_latency_ms:g}")
+        if self.latency_threads is not None and self.latency_threads < 1:
+            raise UsageError(f"--latency-threads must be at least 1, got {self.latency_threads}")
+
+    @property
+    def multi_objective(self) -> bool:
+        return "latency" in self.objective
 
 
 def resolve_device(name: str):
@@ -115,12 +129,14 @@ def run_tune(opts: TuneOptions) -> int:
         space_file = str(default_space_path("digits-demo"))
     space = load_space(space_file, data.task, backbones=opts.backbones)
     url = opts.storage or default_storage_url(run.path)
-    study_name = opts.study or default_study_name(data.source if opts.data else DEMO_NAME, data.fingerprint)
+    study_name = opts.study or default_study_name(data.source if opts.data else DEMO_NAME, data.fingerprint) + (
+        "-latency" if opts.multi_objective else "")
     if opts.storage is not None:
         storage = make_storage(url)  # a user's URL is checked before anything is written
     identity = {"task": data.task, "data_fingerprint": data.fingerprint, "study": study_name,
                 "storage": redact_url(url), "data_source": data.source, "space_file": space.file,
                 "space_fingerprint": space.fingerprint(), "seed": opts.seed, "artifacts": opts.artifacts,
+                "objective": opts.objective, "max_latency_ms": opts.max_latency_ms,
                 "data_options": {"task": opts.task, "text_column": opts.text_column,
                                  "label_column": opts.label_column, "seed": opts.seed}}
     record = run.claim(identity, format_command(opts.argv), existing)
@@ -134,8 +150,11 @@ def run_tune(opts: TuneOptions) -> int:
     write_json(run.path / "data_summary.json", data.summary)
 
     sampler = make_sampler(space, opts.trials, opts.seed)
-    pruner = make_pruner(space)
-    study = open_study(storage, study_name, sampler, pruner, url)
+    pruner = make_pruner(space, multi_objective=opts.multi_objective)
+    directions = ("maximize", "minimize") if opts.multi_objective else ("maximize",)
+    study = open_study(storage, study_name, sampler, pruner, url, directions)
+    if opts.multi_objective and not study.metric_names:
+        study.set_metric_names(["val_accuracy", "latency_ms"])
     retried = recover_interrupted(study, storage)
     if retried:
         say(f"Resuming: retrying interrupted trial(s) {', '.join(map(str, retried))} from their last finished epoch.")
@@ -155,7 +174,8 @@ def run_tune(opts: TuneOptions) -> int:
         progress = SearchProgress(study, opts.trials, live=opts.live, title=f"automl-ft tune {run.path.name}")
         objective = Objective(space, data, trial_dir=run.trial_dir, device=device, seed=opts.seed,
                               progress=progress, caches=caches, deadline=deadline, artifacts=artifacts,
-                              trust_remote_code=opts.trust_remote_code)
+                              trust_remote_code=opts.trust_remote_code, multi_objective=opts.multi_objective,
+                              max_latency_ms=opts.max_latency_ms, latency_threads=opts.latency_threads)
         stop_at_total = StudyBudget(opts.trials)
         try:
             with progress:
@@ -178,8 +198,15 @@ def run_tune(opts: TuneOptions) -> int:
         if not progress.live_enabled:
             progress.print_leaderboard()
 
-    best = best_trial(study)
+    best = best_trial(study, opts.max_latency_ms)
     if best is None:
+        if opts.max_latency_ms is not None and best_trial(study) is not None:
+            timed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("latency_ms") is not None]
+            fastest = min(timed, key=lambda t: t.user_attrs["latency_ms"])
+            say(f"No trial meets --max-latency-ms {opts.max_latency_ms:g}: the fastest, trial {fastest.number}, takes "
+                f"{fastest.user_attrs['latency_ms']:.2f} ms. Raise the limit, or search smaller backbones, input "
+                "sizes or sequence lengths; nothing was exported.")
+            return 1
         say("No trial completed: see the failure reasons in the leaderboard above; fix them and run the same command "
             "again.")
         return 1
@@ -206,7 +233,9 @@ def run_tune(opts: TuneOptions) -> int:
             f"{claim.get('pid')}); run 'automl-ft export {run.path}' to export it here too.")
         return 0
     test = summary["test"]
-    say(f"\nBest: trial {best.number}, validation accuracy {100 * best.value:.2f}%; test accuracy "
+    latency = best.user_attrs.get("latency_ms")
+    say(f"\nBest: trial {best.number}, validation accuracy {100 * best.values[0]:.2f}%"
+        + (f", {latency:.2f} ms per input (onnxruntime, batch 1)" if latency is not None else "") + "; test accuracy "
         f"{100 * test['accuracy']:.2f}% (macro F1 {100 * test['macro_f1']:.2f}%) on {test['num_examples']} held-out "
         f"examples.\nONNX check: max |logit diff| {summary['onnx']['max_abs_logit_diff']:.2g}, class agreement "
         f"{100 * summary['onnx']['prediction_agreement']:.2f}%.\nModel: {run.best}  (card: {run.best / 'model_card.md'})"
@@ -261,7 +290,12 @@ def search_summary(study: Any, best: Any, url: str, space: Any, started: float |
         "pruner": f"{pruner} ({', '.join(f'{k}={v}' for k, v in space.pruner.items())})" if space else pruner,
         "counts": dict(counts),
         "best_trial": best.number,
-        "best_value": best.value,
+        "best_value": best.values[0],
+        "best_latency_ms": best.user_attrs.get("latency_ms"),
+        "objectives": list(study.metric_names or ["val_accuracy"]),
+        "pareto_front": [{"trial": t.number, "val_accuracy": t.values[0], "latency_ms": t.values[1]}
+                         for t in sorted(study.best_trials, key=lambda t: t.values[1])]
+        if len(study.directions) > 1 else None,
         "best_epoch": best.user_attrs.get("best_epoch"),
         "minutes": ((time.time() - started) / 60.0) if started else sum(
             (t.user_attrs.get("seconds") or 0) for t in study.get_trials(deepcopy=False)) / 60.0,
@@ -291,7 +325,7 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
 
     return export_trial(trial_dir, out_dir, data, caches=caches, card_writer=card,
                         extra_metrics={"trial": best.number, "study": study.study_name,
-                                       "val_accuracy": best.value})
+                                       "val_accuracy": best.values[0], "latency": best.user_attrs.get("latency")})
 
 
 def _exported_metrics(best_dir: Path, study_name: str, trial: int) -> dict[str, Any] | None:

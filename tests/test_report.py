@@ -218,8 +218,8 @@ def test_multi_objective_report_has_pareto_front_and_latency_column(tmp_path, ca
     assert header == list(columns)
     assert [int(r[0]) for r in table] == [0, 1, 2, 4, 3]  # by accuracy, the first objective
     lat, acc = header.index("latency_ms"), header.index("val_acc")
-    assert [(r[acc], r[lat]) for r in table[:3]] == [("90.00%", "12.5"), ("85.00%", "4"), ("70.00%", "20")]
-    assert "latency_ms" in out and "12.5" in out
+    assert [(r[acc], r[lat]) for r in table[:3]] == [("90.00%", "12.50"), ("85.00%", "4.00"), ("70.00%", "20.00")]
+    assert "latency_ms" in out and "12.50" in out
 
 
 def test_no_complete_trial_skips_plots_with_notes(tmp_path, capsys):

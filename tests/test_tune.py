@@ -37,6 +37,11 @@ def test_text_tune_export_predict_and_resume(tmp_path, text_csv, tiny_text_space
     assert main(args) == 0
     study = load_study(run)
     assert states(study) == {"COMPLETE": 3}
+    for t in study.trials:  # what the optimizer (and LoRA layers) cost; no GPU here, so no reference estimate
+        kt = t.user_attrs["kernel_time"]
+        assert kt["adamw_ms"] > 0 and kt["backend"]["adamw"] == "torch" and kt["reference_estimate_ms"] is None
+        if t.user_attrs["config"]["adaptation"] == "lora":
+            assert kt["lora_ms"] > 0 and kt["lora_calls"] > 0
     best = run / "best"
     for name in ("model.onnx", "labels.json", "preprocess.json", "tokenizer.json", "config.json", "metrics.json",
                  "model_card.md"):
@@ -168,3 +173,44 @@ def test_ctrl_c_records_the_trial_and_the_same_command_resumes(tmp_path, slow_te
     assert states(study) == {"FAIL": 1, "COMPLETE": 2}
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].user_attrs.get("resumed_from_epoch", 0) >= 1
+
+
+def test_latency_aware_search(tmp_path, text_csv, tiny_text_space, capsys):
+    run = tmp_path / "run"
+    args = ["tune", str(text_csv), "--out", str(run), "--space", str(tiny_text_space), "--trials", "3",
+            "--objective", "accuracy,latency", "--latency-threads", "1"]
+    assert main(args) == 0
+    study = load_study(run)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "latency_ms"]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    for t in done:
+        lat = t.user_attrs["latency"]
+        assert t.values[1] == t.user_attrs["latency_ms"] == lat["median_ms"] > 0
+        assert lat["threads"] == 1 and lat["batch_size"] == 1 and lat["repeats"] >= 30
+        assert lat["median_ms"] <= lat["p90_ms"]
+    card = (run / "best" / "model_card.md").read_text()
+    assert "Pareto front" in card and "ms (onnxruntime, CPU, batch 1" in card
+    metrics = json.loads((run / "best" / "metrics.json").read_text())
+    best = max(done, key=lambda t: t.values[0])
+    assert metrics["val_accuracy"] == best.values[0] and metrics["latency"]["median_ms"] == best.values[1]
+
+    # A latency limit picks the most accurate trial under it, and refuses when none qualifies.
+    capsys.readouterr()
+    assert main(["tune", str(text_csv), "--out", str(tmp_path / "tight"), "--space", str(tiny_text_space),
+                 "--trials", "1", "--max-latency-ms", "0.0001", "--latency-threads", "1"]) == 1
+    assert "No trial meets --max-latency-ms 0.0001" in capsys.readouterr().err
+    assert not (tmp_path / "tight" / "best").exists()
+
+
+def test_max_latency_picks_the_most_accurate_under_the_limit(tmp_path):
+    from automl_ft.search.study import best_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, lat in [(0.9, 30.0), (0.8, 10.0), (0.85, 12.0), (0.7, 5.0)]:
+        study.add_trial(optuna.create_trial(values=[acc, lat], user_attrs={"latency_ms": lat}))
+    assert best_trial(study).values == [0.9, 30.0]
+    assert best_trial(study, 12.0).values == [0.85, 12.0]
+    assert best_trial(study, 6.0).values == [0.7, 5.0]
+    assert best_trial(study, 1.0) is None

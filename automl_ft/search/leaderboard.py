@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-COLUMNS = ("trial", "state", "backbone", "adaptation", "freeze", "lr", "batch", "epochs", "val_acc", "minutes", "note")
+COLUMNS = ("trial", "state", "backbone", "adaptation", "freeze", "lr", "batch", "epochs", "val_acc", "latency_ms",
+           "minutes", "note")
 
 
 def trial_row(t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
@@ -25,8 +26,7 @@ def trial_row(t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
         note = (f"retry of #{retry_of}" + (f", resumed at epoch {t.user_attrs['resumed_from_epoch']}"
                                            if t.user_attrs.get("resumed_from_epoch") else "")
                 + (f"; {note}" if note else ""))
-    value = t.value if t.value is not None else (max(t.intermediate_values.values())
-                                                 if t.intermediate_values else None)
+    value = t.values[0] if t.values else (max(t.intermediate_values.values()) if t.intermediate_values else None)
     seconds = t.user_attrs.get("seconds")
     if seconds is None and t.datetime_start and t.datetime_complete:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
@@ -40,6 +40,8 @@ def trial_row(t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
         "batch": cfg.get("batch_size"),
         "epochs": f"{ran}/{epochs}" if epochs else str(ran),
         "val_acc": value,
+        # measured by the objective; in a multi-objective study it is also the second value
+        "latency_ms": t.user_attrs.get("latency_ms", t.values[1] if t.values and len(t.values) > 1 else None),
         "minutes": None if seconds is None else seconds / 60.0,
         "note": note,
     }
@@ -69,6 +71,8 @@ def format_cell(key: str, value: Any) -> str:
         return f"{value:.2g}"
     if key == "minutes":
         return f"{value:.1f}"
+    if key == "latency_ms":
+        return f"{value:.2f}"
     return str(value)
 
 

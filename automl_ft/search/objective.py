@@ -54,7 +54,9 @@ class Objective:
 
     def __init__(self, space: SearchSpace, data: LabeledData, *, trial_dir: Callable[[int], Path], device: torch.device,
                  seed: int, progress: Any = None, caches: Caches | None = None, deadline: float | None = None,
-                 backend: str = "auto", artifacts: Any = None, trust_remote_code: bool = False):
+                 backend: str = "auto", artifacts: Any = None, trust_remote_code: bool = False,
+                 multi_objective: bool = False, measure_latency: bool = False, max_latency_ms: float | None = None,
+                 latency_threads: int | None = None):
         self.space = space
         self.data = data
         self.trial_dir = trial_dir
@@ -65,6 +67,11 @@ class Objective:
         self.deadline = deadline
         self.backend = backend
         self.artifacts = artifacts
+        # accuracy and latency: Optuna cannot prune multi-objective trials, so only early stopping cuts them short
+        self.multi_objective = multi_objective
+        self.measure_latency = measure_latency or multi_objective or max_latency_ms is not None
+        self.max_latency_ms = max_latency_ms
+        self.latency_threads = latency_threads
         self.trust_remote_code = trust_remote_code
 
     def __call__(self, trial) -> float:
@@ -85,9 +92,11 @@ class Objective:
                 f" (retry of #{history[-1]})" if history else ""))
 
         def report(epoch: int, value: float) -> None:
-            trial.report(value, epoch)
             if self.artifacts is not None:
                 self.artifacts.upload_resume(trial, workdir)
+            if self.multi_objective:
+                return
+            trial.report(value, epoch)
             if trial.should_prune():
                 trial.set_user_attr("pruned_reason", f"pruned at epoch {epoch} (val acc {100 * value:.2f}%)")
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -117,11 +126,23 @@ class Objective:
         trial.set_user_attr("history", outcome.history)
         trial.set_user_attr("adaptation", outcome.adaptation)
         trial.set_user_attr("steps", outcome.steps)
+        trial.set_user_attr("kernel_time", outcome.kernel_time)
         if outcome.resumed_from_epoch:
             trial.set_user_attr("resumed_from_epoch", outcome.resumed_from_epoch)
         clean_resume_point(workdir)
+        latency = None
+        if self.measure_latency:
+            from automl_ft.latency import trial_latency
+
+            latency = trial_latency(workdir, self.data, threads=self.latency_threads)
+            trial.set_user_attr("latency", latency)
+            trial.set_user_attr("latency_ms", latency["median_ms"])
+            if self.max_latency_ms is not None:  # feasible when <= 0; TPE models feasibility from it
+                trial.set_constraint("latency_ms", latency["median_ms"] - self.max_latency_ms)
         if self.artifacts is not None:
             self.artifacts.upload_result(trial, workdir)
+        if self.multi_objective:
+            return outcome.best_value, latency["median_ms"]
         return outcome.best_value
 
     def _resume_dir(self, trial, history: list[int]) -> Path | None:

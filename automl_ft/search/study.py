@@ -23,7 +23,8 @@ def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> "optuna.sample
     """TPE (multivariate, grouped for the conditional LoRA/full branches, constant liar for parallel workers).
 
     ``n_startup_trials: auto`` uses a third of the budget (2..10) for random exploration: TPE's default of 10
-    would make every study of 6 trials a random search.
+    would make every study of 6 trials a random search. Under ``--max-latency-ms`` the objective sets a trial
+    constraint (``trial.set_constraint``), from which TPE learns which regions meet the limit.
     """
     import optuna
 
@@ -41,12 +42,15 @@ def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> "optuna.sample
     )
 
 
-def make_pruner(space: SearchSpace) -> "optuna.pruners.BasePruner":
-    """Hyperband (default), successive halving or median pruning on per-epoch validation accuracy."""
+def make_pruner(space: SearchSpace, multi_objective: bool = False) -> "optuna.pruners.BasePruner":
+    """Hyperband (default), successive halving or median pruning on per-epoch validation accuracy.
+
+    Multi-objective studies get none: Optuna cannot prune them (``trial.report`` is single-objective).
+    """
     import optuna
 
     cfg = space.pruner
-    kind = cfg.get("type", "hyperband")
+    kind = "none" if multi_objective else cfg.get("type", "hyperband")
     min_resource = int(cfg.get("min_resource", 1))
     factor = int(cfg.get("reduction_factor", 3))
     if kind == "hyperband":
@@ -60,14 +64,15 @@ def make_pruner(space: SearchSpace) -> "optuna.pruners.BasePruner":
     return optuna.pruners.NopPruner()
 
 
-def open_study(storage: Any, name: str, sampler: Any, pruner: Any, url: str) -> "optuna.Study":
+def open_study(storage: Any, name: str, sampler: Any, pruner: Any, url: str,
+               directions: tuple[str, ...] = ("maximize",)) -> "optuna.Study":
     """Create the study or load it (``load_if_exists``): re-running a command resumes it."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         return optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
-                                   direction="maximize", load_if_exists=True)
+                                   directions=list(directions), load_if_exists=True)
     except (SQLAlchemyError, OSError) as e:
         raise StorageError(f"cannot open study {name!r}: {redact_text(str(e).splitlines()[0][:200], url)}") from None
     except ValueError as e:  # e.g. an existing multi-objective study under that name
@@ -146,15 +151,21 @@ def count_done(study: "optuna.Study") -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def best_trial(study: "optuna.Study", exclude: set[int] | None = None) -> "optuna.trial.FrozenTrial | None":
-    """The best complete trial: highest validation accuracy, then lowest validation loss, then the earliest."""
+def accuracy_of(t: "optuna.trial.FrozenTrial") -> float | None:
+    """Validation accuracy: the value, or the first of the values (accuracy, latency) of a multi-objective trial."""
+    return t.values[0] if t.values else None
+
+
+def best_trial(study: "optuna.Study", max_latency_ms: float | None = None) -> "optuna.trial.FrozenTrial | None":
+    """The most accurate complete trial (under ``max_latency_ms`` if given); ties: lower validation loss, earlier."""
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and t.number not in (exclude or set())]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if max_latency_ms is not None:
+        done = [t for t in done if t.user_attrs.get("latency_ms", float("inf")) <= max_latency_ms]
     if not done:
         return None
-    return min(done, key=lambda t: (-t.value, t.user_attrs.get("val_loss", float("inf")), t.number))
+    return min(done, key=lambda t: (-accuracy_of(t), t.user_attrs.get("val_loss", float("inf")), t.number))
 
 
 def wait_for_running(study: "optuna.Study", timeout: float) -> None:
