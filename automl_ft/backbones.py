@@ -293,13 +293,15 @@ def _largest_block_list(root: nn.Module) -> nn.ModuleList | None:
 
 def load_timm(model_name: str, num_classes: int, dropout: float = 0.0, *, display_name: str | None = None,
               pretrained: bool = True, weights: str | None = None, drop_path: float = 0.0,
-              state_dict_loader: Callable[[nn.Module], None] | None = None, **unused: Any) -> Backbone:
+              state_dict_loader: Callable[[nn.Module], None] | None = None, trust_remote_code: bool = False,
+              **unused: Any) -> Backbone:
     """A timm model with ``num_classes`` outputs.
 
     Args:
         pretrained: fetch timm's pretrained weights (needs a hub unless ``weights`` or ``state_dict_loader``).
         weights: a local checkpoint file (safetensors or a state_dict) for timm to load.
         state_dict_loader: loads weights into the 1000-class model (used by offline registry entries).
+        trust_remote_code: accepted for symmetry with Hugging Face models; timm models never run remote code.
     """
     _reject_unknown(unused, display_name or model_name)
     import timm

@@ -127,7 +127,7 @@ def run_tune(opts: TuneOptions) -> int:
         from automl_ft.search.space import default_space_path
 
         space_file = str(default_space_path("digits-demo"))
-    space = load_space(space_file, data.task, backbones=opts.backbones)
+    space = load_space(space_file, data.task, backbones=opts.backbones, trust_remote_code=opts.trust_remote_code)
     url = opts.storage or default_storage_url(run.path)
     study_name = opts.study or default_study_name(data.source if opts.data else DEMO_NAME, data.fingerprint) + (
         "-latency" if opts.multi_objective else "")
@@ -174,7 +174,7 @@ def run_tune(opts: TuneOptions) -> int:
         progress = SearchProgress(study, opts.trials, live=opts.live, title=f"automl-ft tune {run.path.name}")
         objective = Objective(space, data, trial_dir=run.trial_dir, device=device, seed=opts.seed,
                               progress=progress, caches=caches, deadline=deadline, artifacts=artifacts,
-                              trust_remote_code=opts.trust_remote_code, multi_objective=opts.multi_objective,
+                              multi_objective=opts.multi_objective,
                               max_latency_ms=opts.max_latency_ms, latency_threads=opts.latency_threads)
         stop_at_total = StudyBudget(opts.trials)
         try:

@@ -54,7 +54,7 @@ class Objective:
 
     def __init__(self, space: SearchSpace, data: LabeledData, *, trial_dir: Callable[[int], Path], device: torch.device,
                  seed: int, progress: Any = None, caches: Caches | None = None, deadline: float | None = None,
-                 backend: str = "auto", artifacts: Any = None, trust_remote_code: bool = False,
+                 backend: str = "auto", artifacts: Any = None,
                  multi_objective: bool = False, measure_latency: bool = False, max_latency_ms: float | None = None,
                  latency_threads: int | None = None):
         self.space = space
@@ -72,7 +72,6 @@ class Objective:
         self.measure_latency = measure_latency or multi_objective or max_latency_ms is not None
         self.max_latency_ms = max_latency_ms
         self.latency_threads = latency_threads
-        self.trust_remote_code = trust_remote_code
 
     def __call__(self, trial) -> float:
         import optuna
@@ -81,8 +80,6 @@ class Objective:
         original = history[0] if history else trial.number
         # A retry reuses the original trial's seed, so resuming reproduces what the failed run would have done.
         config = self.space.suggest(trial, self.data.num_classes, seed=self.seed + original)
-        if self.trust_remote_code:
-            config.backbone_options["trust_remote_code"] = True
         workdir = self.trial_dir(trial.number)
         resume_dir = self._resume_dir(trial, history)
         trial.set_user_attr("worker", worker_identity())

@@ -216,7 +216,8 @@ class SearchSpace:
     """A validated search space: :meth:`suggest` turns an Optuna trial into a :class:`TrialConfig`."""
 
     def __init__(self, raw: dict[str, Any], file: str, *, backbones: list[str] | None = None,
-                 block_counter=None):
+                 block_counter=None, trust_remote_code: bool = False):
+        self.trust_remote_code = trust_remote_code
         self.file = file
         self.raw = raw
         ctx = _Ctx(file)
@@ -276,8 +277,8 @@ class SearchSpace:
             extra = set(settings) - BACKBONE_KEYS
             if extra:
                 raise ctx.fail(f"{key}.{sorted(extra)[0]}", f"unknown key; known: {', '.join(sorted(BACKBONE_KEYS))}")
-            options = settings.get("options") or {}
-            if not isinstance(options, dict):
+            options = dict(settings.get("options") or {})
+            if not isinstance(settings.get("options") or {}, dict):
                 raise ctx.fail(f"{key}.options", "must be a mapping")
             bad = set(options) - BACKBONE_OPTION_KEYS
             if bad:
@@ -289,6 +290,11 @@ class SearchSpace:
                 if chosen:
                     raise
                 raise ctx.fail(key, str(e)) from None
+            if options.get("trust_remote_code") and not self.trust_remote_code:
+                raise ctx.fail(f"{key}.options.trust_remote_code", "runs the model's own code; allow it on the "
+                               "command line with --trust-remote-code")
+            if self.trust_remote_code:
+                options["trust_remote_code"] = True
             n = counter(name, options)
             fd = _param(ctx, f"{key}.freeze_depth", settings.get("freeze_depth", 0), kind="int", block_count=n)
             if self.task == TEXT:
@@ -488,7 +494,8 @@ def default_space_path(task: str) -> Path:
     return Path(str(importlib.resources.files("automl_ft.search_spaces") / f"{task}.yaml"))
 
 
-def load_space(path: str | Path | None, task: str, *, backbones: list[str] | None = None) -> SearchSpace:
+def load_space(path: str | Path | None, task: str, *, backbones: list[str] | None = None,
+               trust_remote_code: bool = False) -> SearchSpace:
     """Load and validate a search-space YAML (the task's default when ``path`` is None).
 
     Raises:
@@ -510,7 +517,7 @@ def load_space(path: str | Path | None, task: str, *, backbones: list[str] | Non
         raise SearchSpaceError(f"{file}: invalid YAML{where}: {problem}; fix the syntax") from None
     if raw is None:
         raise SearchSpaceError(f"{file}: the file is empty; see search_spaces/ for examples")
-    space = SearchSpace(raw, str(file), backbones=backbones)
+    space = SearchSpace(raw, str(file), backbones=backbones, trust_remote_code=trust_remote_code)
     if space.task != task:
         raise SearchSpaceError(f"{file}: task: the space is for {space.task} but the data is {task}; pass a matching "
                                "--space")

@@ -78,6 +78,8 @@ adaptation:
     (BASE.replace("high: N}", "high: M}"), "'M': use an integer, N"),
     (BASE.replace("minilm-l6:", "no-such-model-xyz:"), "backbones.no-such-model-xyz: unknown backbone"),
     (BASE.replace("max_length: 64", "image_size: 64"), "image_size/augment apply to image backbones only"),
+    (BASE.replace("max_length: 64", "max_length: 64, options: {trust_remote_code: true}"),
+     "trust_remote_code: runs the model's own code; allow it on the command line with --trust-remote-code"),
 ])
 def test_malformed_spaces_name_file_and_key(tmp_path, text, match):
     path = write(tmp_path, text)
@@ -120,3 +122,10 @@ def test_count_blocks_of_timm_models_without_weights():
     assert count_blocks("efficientnet-lite0") == 16
     assert count_blocks("timm:test_vit") == 6
     assert count_blocks("resnet18") == 8
+
+
+def test_trust_remote_code_only_from_the_command_line(tmp_path):
+    text = BASE.replace("max_length: 64", "max_length: 64, options: {trust_remote_code: true}")
+    space = load_space(write(tmp_path, text), TEXT, trust_remote_code=True)
+    assert space.backbones["minilm-l6"].options == {"trust_remote_code": True}
+    assert load_space(write(tmp_path, BASE), TEXT).backbones["minilm-l6"].options == {}
