@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely labels")
     p.add_argument("--batch-size", type=int, default=32, metavar="B")
     p.add_argument("--provider", default="auto", help="onnxruntime execution provider: auto, cpu or cuda")
-    p.add_argument("--threads", type=int, metavar="T", help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int, metavar="T",
+                   help="onnxruntime intra-op threads (default: the physical cores)")
+    p.add_argument("--int8", action="store_true",
+                   help="use the quantized model.int8.onnx (refused when its accuracy check failed)")
 
     r = sub.add_parser("report", help="leaderboard, plots and an HTML page for a run")
     r.add_argument("run_dir", metavar="RUN_DIR")
@@ -143,7 +146,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from automl_ft.predict import run_predict
 
         return run_predict(args.model_dir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
-                           provider=args.provider, threads=args.threads)
+                           provider=args.provider, threads=args.threads, int8=args.int8)
     if args.command == "report":
         from automl_ft.commands import run_report
 

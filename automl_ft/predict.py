@@ -1,16 +1,22 @@
 """``automl-ft predict``: run an exported model on files, folders, tables or stdin with onnxruntime.
 
-Never imports torch (start-up is dominated by onnxruntime's import, ~0.2 s): the preprocessing is the torch-free
-code in ``preprocess.py`` that validation used. Prints one JSON object per input, in input order.
+Never imports torch: the preprocessing is the torch-free code in ``preprocess.py`` that validation used, so the
+command answers its first stdin line well under a second after it starts (onnxruntime's import and the session
+dominate). Prints one JSON object per input, in input order.
+
+The session is set up for latency on small CPUs: all graph optimisations, ``intra_op_num_threads`` = physical
+cores (hyper-threads share the FMA units a GEMM saturates), one inter-op thread and sequential execution (a
+transformer is one chain of ops; a second pool only adds wake-ups). ``bench/bench_onnx.py`` measures the result.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
@@ -19,9 +25,78 @@ from automl_ft.metrics import softmax
 from automl_ft.preprocess import PREPROCESS_FILE, ImagePreprocess, load_preprocess
 
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 LABELS_FILE = "labels.json"
+METRICS_FILE = "metrics.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".parquet", ".pq"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# Text items are sorted by length inside a window of this many batches, so a batch pads to similar lengths;
+# the output order is restored afterwards.
+SORT_WINDOW_BATCHES = 8
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (``/proc/cpuinfo`` core ids; the affinity count elsewhere)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # macOS, Windows
+        allowed = set(range(os.cpu_count() or 1))
+    try:
+        cores, current = {}, {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" not in line:
+                continue
+            key, value = (s.strip() for s in line.split(":", 1))
+            if key in ("processor", "physical id", "core id"):
+                current[key] = value
+            if key == "core id" and "processor" in current:
+                cores[int(current["processor"])] = (current.get("physical id"), value)
+        physical = {cores[cpu] for cpu in allowed if cpu in cores}
+        if physical:
+            return len(physical)
+    except (OSError, ValueError):
+        pass
+    return max(1, len(allowed))
+
+
+def session_options(threads: int | None = None) -> Any:
+    """The onnxruntime session options predict, quantize and the benchmark use."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = int(threads) if threads else physical_cores()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no per-node fallback warnings on stderr
+    return options
+
+
+def resolve_providers(provider: str = "auto") -> list[str]:
+    """``auto`` -> CUDA then CPU where available; ``cpu``/``cuda``/a full provider name -> that one (+ CPU)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    wanted = PROVIDERS.get(provider.lower(), provider)
+    if wanted not in available:
+        raise UsageError(f"--provider {provider}: onnxruntime here offers {', '.join(available)}; pick one of them "
+                         "(the onnxruntime-gpu package provides CUDA)")
+    return [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
+
+
+def make_session(path: str | Path, provider: str = "auto", threads: int | None = None) -> Any:
+    """An onnxruntime session with :func:`session_options`; unreadable files are a :class:`ModelDirError`."""
+    import onnxruntime as ort
+
+    providers = resolve_providers(provider)
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelDirError(f"{path}: onnxruntime cannot load it ({msg}); re-export with automl-ft export") from None
 
 
 @dataclass
@@ -33,79 +108,128 @@ class Item:
     source: str | None = None
     true_label: str | None = None
     error: str | None = None
+    now: bool = False  # answer before reading the next item (stdin lines)
 
 
 class Predictor:
-    """An exported model directory loaded for inference."""
+    """An exported model directory loaded for inference.
 
-    def __init__(self, model_dir: str | Path, provider: str = "auto", threads: int | None = None):
-        import onnxruntime as ort
+    Args:
+        int8: use ``model.int8.onnx``; refused (:class:`UsageError`) when ``metrics.json`` marks it not usable.
+        model_file: a file name inside the directory to load instead, with no usability check (quantize uses it
+            to evaluate a candidate before deciding).
+    """
 
+    def __init__(self, model_dir: str | Path, provider: str = "auto", threads: int | None = None, *,
+                 int8: bool = False, model_file: str | None = None):
         self.dir = Path(model_dir).expanduser()
+        if not self.dir.is_dir():
+            raise ModelDirError(f"{self.dir}: no such model folder; pass an exported model folder such as "
+                                "RUN_DIR/best")
         for name in (ONNX_FILE, LABELS_FILE, PREPROCESS_FILE):
             if not (self.dir / name).is_file():
                 raise ModelDirError(f"{self.dir}: no {name}; pass an exported model folder such as RUN_DIR/best")
         try:
             self.labels: list[str] = json.loads((self.dir / LABELS_FILE).read_text())
             self.pre, self.record = load_preprocess(self.dir)
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelDirError(f"{self.dir}: unreadable model files ({e}); re-export with automl-ft export") from None
-        available = ort.get_available_providers()
-        if provider == "auto":
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        else:
-            wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(provider.lower(), provider)
-            if wanted not in available:
-                raise UsageError(f"--provider {provider}: onnxruntime here offers {', '.join(available)}; pick one "
-                                 "of them (onnxruntime-gpu provides CUDA)")
-            providers = [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.dir / ONNX_FILE), sess_options=options, providers=providers)
+        except Exception as e:  # JSON, KeyError, the tokenizers library's own exceptions
+            raise ModelDirError(f"{self.dir}: unreadable model files ({str(e).splitlines()[0] if str(e) else e!r}); "
+                                "re-export with automl-ft export") from None
+        self.model_file = model_file or (INT8_FILE if int8 else ONNX_FILE)
+        if int8 and model_file is None:
+            self._check_int8()
+        if not (self.dir / self.model_file).is_file():
+            raise ModelDirError(f"{self.dir}: no {self.model_file}")
+        self.session = make_session(self.dir / self.model_file, provider, threads)
         self.is_image = isinstance(self.pre, ImagePreprocess)
+
+    def _check_int8(self) -> None:
+        try:
+            info = json.loads((self.dir / METRICS_FILE).read_text()).get("int8")
+        except (OSError, ValueError):
+            info = None
+        if not (self.dir / INT8_FILE).is_file() or not info:
+            raise UsageError(f"--int8: {self.dir} has no quantized model; make one with 'automl-ft export RUN_DIR "
+                             "--int8' or predict without --int8")
+        if not info.get("usable"):
+            reason = " ".join(str(info.get("reason") or "marked not usable").split())
+            raise UsageError(f"--int8: the INT8 model in {self.dir} is not usable: {reason}; predict without --int8")
 
     def logits(self, payloads: list[Any]) -> np.ndarray:
         """Logits for a batch of preprocessed payloads (image arrays, or token id lists)."""
         feeds = self.pre.batch(payloads) if self.is_image else self.pre.pad(payloads)
         return self.session.run(["logits"], feeds)[0]
 
+    def predict_logits(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Logits ``[len(inputs), classes]`` for raw inputs (texts, or image paths), batched.
 
-def iter_items(predictor: Predictor, inputs: list[str], stdin: TextIO) -> Iterator[Item]:
-    """Expand INPUT arguments into items, in order; unreadable single items become error items."""
-    record = predictor.record
+        Texts are run in length order (less padding) and put back in input order. Unreadable images raise.
+        """
+        if self.is_image:
+            chunks = [list(range(i, min(i + batch_size, len(inputs)))) for i in range(0, len(inputs), batch_size)]
+            payloads: list[Any] = []
+        else:
+            payloads = self.pre.encode([str(t) for t in inputs])
+            order = sorted(range(len(inputs)), key=lambda i: len(payloads[i]))
+            chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        out = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
+        for idx in chunks:
+            batch = [self.pre.load(inputs[i]) for i in idx] if self.is_image else [payloads[i] for i in idx]
+            out[idx] = self.logits(batch)
+        return out
+
+
+def _check_inputs(predictor: Predictor, inputs: list[str]) -> None:
+    """Reject missing inputs and inputs of the wrong kind before anything is printed."""
     for arg in inputs:
         if arg == "-":
             if predictor.is_image:
                 raise UsageError("'-' reads text lines from stdin, but this is an image model; pass image paths")
-            for i, line in enumerate(stdin):
-                text = line.rstrip("\n")
-                yield Item(i, text, source="-") if text.strip() else Item(i, text, "-", error="empty line")
             continue
         path = Path(arg).expanduser()
         if not path.exists():
             raise DataError(f"{path}: no such file or folder")
+        suffix = path.suffix.lower()
         if path.is_dir():
             if not predictor.is_image:
                 raise UsageError(f"{path}: a folder, but this is a text model; pass a table or '-' for stdin")
-            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not images:
+            if not _folder_images(path):
                 raise DataError(f"{path}: no images (.png/.jpg/...) in this folder")
-            for p in images:
-                yield Item(str(p), p)
-        elif path.suffix.lower() in TABLE_SUFFIXES:
+        elif suffix in TABLE_SUFFIXES:
             if predictor.is_image:
                 raise UsageError(f"{path}: a table, but this is an image model; pass image files or folders")
-            yield from _table_items(path, record)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+        elif suffix in IMAGE_SUFFIXES:
             if not predictor.is_image:
                 raise UsageError(f"{path}: an image, but this is a text model; pass a table or '-' for stdin")
-            yield Item(str(path), path)
         else:
             raise DataError(f"{path}: unknown input type {path.suffix or '(none)'!r}; pass images, image folders, "
                             ".csv/.tsv/.jsonl/.parquet tables or '-'")
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Images under ``folder``, recursively, sorted; hidden files and folders are skipped."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def iter_items(predictor: Predictor, inputs: list[str], stdin: TextIO) -> Iterator[Item]:
+    """Expand INPUT arguments into items, in order (call :func:`_check_inputs` first)."""
+    for arg in inputs:
+        if arg == "-":
+            # readline, not iteration: each line is answered as soon as it arrives, not when a buffer fills.
+            for i, line in enumerate(iter(stdin.readline, "")):
+                text = line.rstrip("\r\n")
+                yield Item(i, text, "-", now=True) if text.strip() else Item(i, text, "-", error="empty line",
+                                                                             now=True)
+            continue
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            for p in _folder_images(path):
+                yield Item(str(p), p)
+        elif path.suffix.lower() in TABLE_SUFFIXES:
+            yield from _table_items(path, predictor.record)
+        else:
+            yield Item(str(path), path)
 
 
 def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
@@ -131,72 +255,96 @@ def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
         yield item
 
 
-def _prepare(predictor: Predictor, item: Item) -> None:
-    if item.error:
-        return
+def _prepare(predictor: Predictor, items: list[Item]) -> None:
+    """Load images / tokenize texts in place; a corrupt image becomes an error item, the others go on."""
+    todo = [it for it in items if not it.error]
     if predictor.is_image:
-        try:
-            item.payload = predictor.pre.load(item.payload)
-        except Exception as e:  # a corrupt file among many must not stop the others
-            item.error = f"unreadable image ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})"
+        for it in todo:
+            try:
+                it.payload = predictor.pre.load(it.payload)
+            except Exception as e:  # a corrupt file among many must not stop the others
+                msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+                it.error = f"unreadable image ({msg})"
+    elif todo:
+        for it, ids in zip(todo, predictor.pre.encode([it.payload for it in todo])):
+            it.payload = ids
+
+
+def _result(predictor: Predictor, item: Item, probs: np.ndarray | None, top_k: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"input": item.input}
+    if item.source and not isinstance(item.input, str):
+        out["source"] = item.source
+    if item.error:
+        out["error"] = item.error
     else:
-        item.payload = predictor.pre.encode([item.payload])[0]
+        assert probs is not None
+        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
+        out["label"] = predictor.labels[int(order[0])]
+        out["score"] = round(float(probs[order[0]]), 6)
+        if top_k > 1:
+            out["top_k"] = [{"label": predictor.labels[int(j)], "score": round(float(probs[j]), 6)} for j in order]
+    if item.true_label is not None:
+        out["true_label"] = item.true_label
+    return out
 
 
 def predict_items(predictor: Predictor, items: Iterator[Item], *, batch_size: int = 32, top_k: int = 1
                   ) -> Iterator[dict[str, Any]]:
-    """Yield one result per item, in order; each batch is preprocessed and run together."""
-    batch: list[Item] = []
+    """Yield one result per item, in input order.
+
+    Items are gathered into a window (``batch_size`` images, or ``SORT_WINDOW_BATCHES`` batches of texts run in
+    length order); an item marked ``now`` (a stdin line) closes the window at once.
+    """
+    window_size = batch_size if predictor.is_image else batch_size * SORT_WINDOW_BATCHES
+    window: list[Item] = []
 
     def flush() -> Iterator[dict[str, Any]]:
-        ok = [it for it in batch if not it.error]
-        probs = softmax(predictor.logits([it.payload for it in ok])) if ok else None
-        row = 0
-        for it in batch:
-            out: dict[str, Any] = {"input": it.input}
-            if it.source and not isinstance(it.input, str):
-                out["source"] = it.source
-            if it.error:
-                out["error"] = it.error
-            else:
-                p = probs[row]
-                row += 1
-                order = np.argsort(-p)[: max(1, top_k)]
-                out["label"] = predictor.labels[int(order[0])]
-                out["score"] = round(float(p[order[0]]), 6)
-                if top_k > 1:
-                    out["top_k"] = [{"label": predictor.labels[int(j)], "score": round(float(p[j]), 6)} for j in order]
-            if it.true_label is not None:
-                out["true_label"] = it.true_label
-            yield out
+        _prepare(predictor, window)
+        ok = [i for i, it in enumerate(window) if not it.error]
+        if not predictor.is_image:
+            ok.sort(key=lambda i: len(window[i].payload))
+        probs: dict[int, np.ndarray] = {}
+        for start in range(0, len(ok), batch_size):
+            idx = ok[start: start + batch_size]
+            p = softmax(predictor.logits([window[i].payload for i in idx]))
+            probs.update(zip(idx, p))
+        for i, it in enumerate(window):
+            yield _result(predictor, it, probs.get(i), top_k)
 
     for item in items:
-        _prepare(predictor, item)
-        batch.append(item)
-        if len(batch) >= batch_size:
+        window.append(item)
+        if item.now or len(window) >= window_size:
             yield from flush()
-            batch = []
-    if batch:
+            window = []
+    if window:
         yield from flush()
 
 
 def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size: int = 32, provider: str = "auto",
                 threads: int | None = None, stdout: TextIO | None = None, stdin: TextIO | None = None,
-                stderr: TextIO | None = None) -> int:
-    """Print predictions as JSON lines; returns the exit code (2 if some inputs could not be read)."""
+                stderr: TextIO | None = None, int8: bool = False) -> int:
+    """Print predictions as JSON lines; returns the exit code (2 if some inputs could not be classified).
+
+    Raises:
+        ModelDirError, UsageError, DataError: a bad model folder, flag or input (checked before any output).
+    """
     stdout, stdin, stderr = stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(model_dir, provider=provider, threads=threads)
-    if top_k > len(predictor.labels):
-        top_k = len(predictor.labels)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    if inputs.count("-") > 1:
+        raise UsageError("'-' (stdin) is given more than once; pass it once")
+    predictor = Predictor(model_dir, provider=provider, threads=threads, int8=int8)
+    _check_inputs(predictor, inputs)
+    top_k = min(top_k, len(predictor.labels))
     failed = total = correct = labelled = 0
-    batch = 1 if (inputs == ["-"]) else batch_size  # stdin: answer each line as it arrives
-    for result in predict_items(predictor, iter_items(predictor, inputs, stdin), batch_size=batch, top_k=top_k):
+    for result in predict_items(predictor, iter_items(predictor, inputs, stdin), batch_size=batch_size,
+                                top_k=top_k):
         stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
-        if batch == 1:
+        if result.get("source") == "-":
             stdout.flush()
         total += 1
         if "error" in result:
