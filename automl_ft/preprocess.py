@@ -85,8 +85,14 @@ class TextPreprocess:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
 
     def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        """Pad to the longest sequence of this batch only (dynamic padding)."""
+        """Pad to the longest sequence of this batch only (dynamic padding), rounded up to a multiple of 8.
+
+        Rounding keeps the number of distinct shapes small (16 instead of 128 at max_length 128): every new shape
+        costs oneDNN (and cuDNN/Triton autotuning on GPUs) a kernel selection, which made the first epoch of a
+        MiniLM trial 2.3x slower than the next ones (136 s against 59 s on SMS spam, 2-core CPU).
+        """
         longest = max(1, max(len(x) for x in ids))
+        longest = min(max(longest, self.max_length), -(-longest // 8) * 8) if longest % 8 else longest
         input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), longest), dtype=np.int64)
         for i, x in enumerate(ids):

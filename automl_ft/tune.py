@@ -150,7 +150,8 @@ def run_tune(opts: TuneOptions) -> int:
     write_json(run.path / "data_summary.json", data.summary)
 
     sampler = make_sampler(space, opts.trials, opts.seed)
-    pruner = make_pruner(space, multi_objective=opts.multi_objective)
+    pruner = make_pruner(space, multi_objective=opts.multi_objective,
+                         baseline=max(data.val.counts(data.num_classes)) / len(data.val))
     directions = ("maximize", "minimize") if opts.multi_objective else ("maximize",)
     study = open_study(storage, study_name, sampler, pruner, url, directions)
     if opts.multi_objective and not study.metric_names:

@@ -99,3 +99,25 @@ def test_out_of_memory_at_batch_one_fails_only_the_trial(tmp_path, monkeypatch):
     cfg = TrialConfig(task="text-classification", backbone="minilm-l6", num_classes=2, batch_size=4, max_length=64)
     with pytest.raises(TrialFailed, match="out of memory even at batch size 1"):
         _objective(tmp_path)._fit_with_oom_retry(_FakeTrial(), cfg, tmp_path, None, None)
+
+
+def test_trials_stuck_at_the_majority_class_baseline_are_pruned():
+    from automl_ft.search.pruners import BaselinePruner
+
+    study = optuna.create_study(direction="maximize", pruner=BaselinePruner(optuna.pruners.NopPruner(), 0.866))
+    stuck, learning = study.ask(), study.ask()
+    stuck.report(0.866, 1)
+    assert not stuck.should_prune()  # one epoch is too early to judge
+    stuck.report(0.866, 2)
+    assert stuck.should_prune()
+    learning.report(0.866, 1)
+    learning.report(0.95, 2)
+    assert not learning.should_prune()
+    rank = optuna.create_study(direction="maximize", pruner=BaselinePruner(optuna.pruners.MedianPruner(
+        n_startup_trials=0, n_warmup_steps=0), 0.1))
+    for value in (0.9, 0.2):  # the wrapped pruner still prunes by rank
+        t = rank.ask()
+        t.report(value, 1)
+        pruned = t.should_prune()
+        rank.tell(t, value) if not pruned else rank.tell(t, state=optuna.trial.TrialState.PRUNED)
+    assert pruned

@@ -22,6 +22,7 @@ from automl_ft.config import TrialConfig
 from automl_ft.data import LabeledData
 from automl_ft.train import (MODEL_FILE, RESUME_META, Caches, TrainingDiverged, clean_resume_point, fit)
 
+from .pruners import BaselinePruner
 from .space import SearchSpace
 from .study import worker_identity
 
@@ -88,14 +89,23 @@ class Objective:
             self.progress.trial_started(trial.number, describe(config) + (
                 f" (retry of #{history[-1]})" if history else ""))
 
+        seen: list[float] = []
+
         def report(epoch: int, value: float) -> None:
             if self.artifacts is not None:
                 self.artifacts.upload_resume(trial, workdir)
             if self.multi_objective:
                 return
             trial.report(value, epoch)
+            seen.append(value)
             if trial.should_prune():
-                trial.set_user_attr("pruned_reason", f"pruned at epoch {epoch} (val acc {100 * value:.2f}%)")
+                pruner = trial.study.pruner
+                if isinstance(pruner, BaselinePruner) and epoch >= pruner.min_epochs and \
+                        max(seen) <= pruner.baseline + 1e-9:
+                    reason = f"stuck at the majority-class baseline ({100 * value:.2f}%) after {epoch} epochs"
+                else:
+                    reason = f"pruned at epoch {epoch} (val acc {100 * value:.2f}%)"
+                trial.set_user_attr("pruned_reason", reason)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         started = time.time()

@@ -42,11 +42,24 @@ def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> "optuna.sample
     )
 
 
-def make_pruner(space: SearchSpace, multi_objective: bool = False) -> "optuna.pruners.BasePruner":
-    """Hyperband (default), successive halving or median pruning on per-epoch validation accuracy.
+def make_pruner(space: SearchSpace, multi_objective: bool = False,
+                baseline: float | None = None) -> "optuna.pruners.BasePruner":
+    """Hyperband (default), successive halving or median pruning on per-epoch validation accuracy, plus pruning of
+    trials stuck at the majority-class ``baseline`` (see pruners.py).
 
     Multi-objective studies get none: Optuna cannot prune them (``trial.report`` is single-objective).
     """
+    import optuna
+
+    from .pruners import BaselinePruner
+
+    inner = _rank_pruner(space, multi_objective)
+    if baseline is None or multi_objective:
+        return inner
+    return BaselinePruner(inner, baseline)
+
+
+def _rank_pruner(space: SearchSpace, multi_objective: bool) -> "optuna.pruners.BasePruner":
     import optuna
 
     cfg = space.pruner
