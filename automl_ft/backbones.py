@@ -244,7 +244,10 @@ def load_hf(model_id: str, num_classes: int, dropout: float = 0.0, *, display_na
             except TypeError:  # models without a pooler do not take the argument
                 encoder = AutoModel.from_pretrained(model_id, **kwargs)
         else:
-            encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+            try:  # the same architecture as the pretrained path: no pooler
+                encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code, add_pooling_layer=False)
+            except TypeError:
+                encoder = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise RuntimeError(f"cannot load Hugging Face model {model_id!r}: {str(e).splitlines()[0][:300]}") from e

@@ -69,12 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "space's list (registry names, timm names, Hugging Face ids or folders)")
     t.add_argument("--trust-remote-code", action="store_true",
                    help="allow Hugging Face models that run their own code (off by default)")
+    t.add_argument("--artifacts", metavar="PATH|s3://B/P",
+                   help="artifact store for trial checkpoints shared by workers (default: RUN_DIR/artifacts)")
+    t.add_argument("--objective", default="accuracy", metavar="accuracy[,latency]",
+                   help="accuracy (default) or accuracy,latency: a multi-objective study where every candidate is "
+                        "exported and timed with onnxruntime; the report shows the Pareto front")
+    t.add_argument("--max-latency-ms", type=_number, metavar="X",
+                   help="export the most accurate model whose onnxruntime latency (CPU, batch 1) is at most X ms")
+    t.add_argument("--latency-threads", type=_int, metavar="T",
+                   help="threads for latency timing (default: the physical cores); the same for every candidate")
+    t.add_argument("--int8", action="store_true",
+                   help="also export an INT8 model (usable only if it loses at most 1 point of test accuracy)")
 
     e = sub.add_parser("export", help="evaluate and export a trial of a run to ONNX (default: the best)")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best complete trial)")
     e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/best, or RUN_DIR/trial-N)")
     e.add_argument("--storage", metavar="URL", help="storage URL, needed when run.json hides its password")
+    e.add_argument("--int8", action="store_true",
+                   help="add model.int8.onnx: dynamic INT8 for text, static QDQ calibrated on validation data for "
+                        "CNNs; marked unusable when it loses more than 1 point of test accuracy")
 
     p = sub.add_parser("predict", help="classify files, folders, tables or stdin lines with an exported model")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="an exported model folder, e.g. RUN_DIR/best")
@@ -136,12 +150,16 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         opts = TuneOptions(data=args.data, out=args.out, task=args.task, text_column=args.text_column,
                            label_column=args.label_column, space=args.space, trials=args.trials,
                            timeout=args.timeout, storage=args.storage, study=args.study, device=args.device,
-                           seed=args.seed, backbones=backbones, trust_remote_code=args.trust_remote_code, argv=argv)
+                           seed=args.seed, backbones=backbones, trust_remote_code=args.trust_remote_code,
+                           artifacts=args.artifacts, objective=args.objective,
+                           max_latency_ms=args.max_latency_ms, latency_threads=args.latency_threads,
+                           int8=args.int8, argv=argv)
         return run_tune(opts)
     if args.command == "export":
         from automl_ft.commands import run_export
 
-        return run_export(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, argv=argv)
+        return run_export(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, int8=args.int8,
+                          argv=argv)
     if args.command == "predict":
         from automl_ft.predict import run_predict
 

@@ -46,7 +46,7 @@ def load_run_data(record: dict[str, Any]):
 
 
 def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None, storage: str | None = None,
-               argv: list[str] | None = None) -> int:
+               int8: bool = False, argv: list[str] | None = None) -> int:
     from optuna.trial import TrialState
 
     from automl_ft.rundir import format_command
@@ -81,7 +81,22 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
                           say=say, out_dir=out_dir)
     say(f"Exported trial {chosen.number} to {out_dir}: test accuracy {100 * metrics['test']['accuracy']:.2f}%, "
         f"ONNX agreement {100 * metrics['onnx']['prediction_agreement']:.2f}%.")
+    if int8:
+        add_int8(out_dir, data, say)
     return 0
+
+
+def add_int8(model_dir: Path, data: Any, say) -> dict[str, Any]:
+    """Quantize an exported model and say whether the INT8 model is usable (and why not)."""
+    from automl_ft.quantize import quantize_model
+
+    say("Quantizing to INT8 and checking its test accuracy ...")
+    q = quantize_model(model_dir, data)
+    verdict = "usable" if q.get("usable") else f"NOT usable: {q.get('reason')}"
+    say(f"INT8 ({q.get('method')}): test accuracy {100 * q['test_accuracy']:.2f}% against "
+        f"{100 * q['fp32_test_accuracy']:.2f}% in fp32; {verdict}." if q.get("test_accuracy") is not None
+        else f"INT8: {verdict}.")
+    return q
 
 
 def run_report(run_dir: str, *, storage: str | None = None, out: str | None = None) -> int:

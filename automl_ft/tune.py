@@ -40,6 +40,7 @@ class TuneOptions:
     objective: str = "accuracy"
     max_latency_ms: float | None = None
     latency_threads: int | None = None
+    int8: bool = False
     live: bool | None = None
     argv: list[str] = field(default_factory=list)
 
@@ -228,6 +229,10 @@ def run_tune(opts: TuneOptions) -> int:
             return 1
         summary = export_best(run, study, best, data, caches=caches, record=record, url=url, space=space,
                               started=started, say=say)
+        if opts.int8:
+            from automl_ft.commands import add_int8
+
+            add_int8(run.best, data, say)
     else:
         claim = study.user_attrs.get(f"export:{best.number}", {})
         say(f"The best trial ({best.number}) was exported by another worker ({claim.get('host')}, pid "

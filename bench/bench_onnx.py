@@ -52,7 +52,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TARGETS = {"text_fp32_speedup_b1": 2.0, "text_int8_speedup_b1": 4.0, "int8_max_loss_points": 1.0,
            "predict_first_output_s": 1.0}
 PROVIDERS = ("torch-eager", "ort-fp32-default", "ort-fp32", "ort-int8", "ort-fp32-fused", "ort-int8-fused")
-# The fused variants are an export-time alternative measured for text models only (see export_fused_text_onnx).
+# The fused variants re-export the text model with automl_ft.export.export_text_fused, which tune itself uses for
+# BERT-family encoders since it was measured here; for models exported before that, they show what it gains.
 FUSED = ("ort-fp32-fused", "ort-int8-fused")
 
 
@@ -133,6 +134,11 @@ def build_model(out_dir: Path, data: Any, *, image_size: int = 160, max_length: 
                                    **columns})
     (out_dir / "labels.json").write_text(json.dumps(data.classes, indent=2) + "\n")
     config.save(out_dir / "config.json")
+    from safetensors.torch import save_file
+
+    from automl_ft.export import TORCH_FILE
+
+    save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(out_dir / TORCH_FILE))
     probe = {"backbone": name, "data": data.source, "train_examples": len(idx), "train_accuracy": train_acc}
     (out_dir / "metrics.json").write_text(json.dumps({"probe": probe}, indent=2) + "\n")
     return out_dir
@@ -173,6 +179,10 @@ def torch_model(model_dir: Path) -> tuple[Any, bool]:
     from automl_ft.backbones import load_backbone
 
     config = json.loads((model_dir / "config.json").read_text())
+    if (model_dir / "model.safetensors").is_file():  # exports since the fused text path carry torch weights
+        from automl_ft.export import load_exported_model
+
+        return load_exported_model(model_dir)[0], True
     backbone = load_backbone(config["backbone"], int(config["num_classes"]), task=config["task"],
                              options=dict(config.get("backbone_options") or {}))
     module = backbone.model.eval()
@@ -234,44 +244,6 @@ def ensure_int8(model_dir: Path, task: str, work: Path) -> tuple[Path, dict[str,
     return out, None
 
 
-def export_fused_text_onnx(module: Any, path: Path, *, opset: int = 17) -> dict[str, int]:
-    """The alternative text export measured as ``ort-fp32-fused``: TorchScript exporter, eager attention, then
-    onnxruntime's BERT optimizer, which fuses each layer's attention into one ``Attention`` op (and LayerNorm /
-    GELU / embeddings into their fused ops); returns the fused-op counts.
-
-    The dynamo exporter's attention (SDPA with NaN guards) matches none of the optimizer's patterns, with or
-    without eager attention, so ``model.onnx`` as ``tune`` exports it gets only the LayerNorm/GELU fusions.
-    """
-    import contextlib
-    import io
-    import warnings
-
-    import torch
-    from onnxruntime.transformers import optimizer
-
-    encoder_config = module.encoder.config
-    saved = getattr(encoder_config, "_attn_implementation", None)
-    encoder_config._attn_implementation = "eager"
-    raw = path.with_name(path.stem + ".raw.onnx")
-    try:
-        names = ["input_ids", "attention_mask"]
-        axes = {n: {0: "batch", 1: "sequence"} for n in names}
-        axes["logits"] = {0: "batch"}
-        args = (torch.randint(1000, 2000, (2, 16)), torch.ones(2, 16, dtype=torch.long))
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(raw), input_names=names, output_names=["logits"], dynamic_axes=axes,
-                              dynamo=False, opset_version=opset)
-            opt = optimizer.optimize_model(str(raw), model_type="bert", opt_level=0,
-                                           num_heads=int(encoder_config.num_attention_heads),
-                                           hidden_size=int(encoder_config.hidden_size))
-        opt.save_model_to_file(str(path))
-        return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
-    finally:
-        encoder_config._attn_implementation = saved
-        raw.unlink(missing_ok=True)
-
-
 def _cpu_jiffies() -> tuple[float, float, float] | None:
     """(busy jiffies of the whole machine, jiffies of this process, wall seconds), from /proc; None elsewhere."""
     try:
@@ -317,10 +289,11 @@ def time_case(task: str, model_dir: Path, int8_path: Path, *, batches: list[int]
                                                     providers=["CPUExecutionProvider"])
     module, same_weights = torch_model(model_dir) if ("torch-eager" in providers or fused) else (None, False)
     if fused:
+        from automl_ft.export import export_text_fused
         from automl_ft.quantize import quantize_dynamic_onnx
 
         fused_path = work / f"{task}.fused.onnx"
-        fused_ops.update(export_fused_text_onnx(module, fused_path))
+        fused_ops.update(export_text_fused(module, fused_path))
         quantize_dynamic_onnx(fused_path, work / f"{task}.fused.int8.onnx")
         for name, file in (("ort-fp32-fused", fused_path), ("ort-int8-fused", work / f"{task}.fused.int8.onnx")):
             if name in providers:

@@ -54,7 +54,7 @@ def make_pruner(space: SearchSpace, multi_objective: bool = False,
     from .pruners import BaselinePruner
 
     inner = _rank_pruner(space, multi_objective)
-    if baseline is None or multi_objective:
+    if baseline is None or multi_objective or space.pruner.get("type") == "none":  # "none" means no pruning at all
         return inner
     return BaselinePruner(inner, baseline)
 
