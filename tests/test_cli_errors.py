@@ -184,7 +184,7 @@ class _nullcontext:
 
 @pytest.mark.parametrize("args,match", [
     (["tune", "/definitely/missing", "--out", "/tmp/x"], "no such file or folder"),
-    (["predict", "/definitely/missing", "x.csv"], "no model.onnx"),
+    (["predict", "/definitely/missing", "x.csv"], "no such model folder"),
 ])
 def test_console_script_exit_codes(args, match):
     """Through a real process: exit status 2, one line on stderr, no traceback."""
