@@ -101,8 +101,8 @@ def run_tune(opts: TuneOptions) -> int:
     from automl_ft.search.space import load_space
     from automl_ft.search.storage import default_storage_url, make_storage, redact_url
     from automl_ft.search.artifacts import TrialArtifacts, make_artifact_store
-    from automl_ft.search.study import (StudyBudget, best_trial, claim_export, count_done, make_pruner,
-                                        make_sampler, open_study, recover_interrupted, worker_identity)
+    from automl_ft.search.study import (StudyBudget, best_trial, claim_abandoned, claim_export, count_done,
+                                        make_pruner, make_sampler, open_study, recover_interrupted, worker_identity)
     from automl_ft.train import Caches
 
     started = time.time()
@@ -117,8 +117,12 @@ def run_tune(opts: TuneOptions) -> int:
             "EfficientNet-Lite0).\nFor your own data: automl-ft tune PATH/TO/IMAGE_FOLDER_OR_TABLE --out RUN_DIR "
             "(an image folder with one sub-folder per class, or a CSV/TSV/JSONL/Parquet file with text and label "
             "columns).")
+        demo_dir = run.path / "demo-data"
+        if existing is not None and existing.get("data_source") != str(demo_dir.resolve()):
+            raise UsageError(f"--out {run.path} holds another study (data {existing.get('data_source')!r}); pass a "
+                             "new --out for the demo")
         run.path.mkdir(parents=True, exist_ok=True)
-        data_path = write_digits(run.path / "demo-data")
+        data_path = write_digits(demo_dir)
     else:
         data_path = Path(opts.data)
     data = load_dataset(data_path, task=opts.task, text_column=opts.text_column, label_column=opts.label_column,
@@ -221,7 +225,7 @@ def run_tune(opts: TuneOptions) -> int:
     summary = _exported_metrics(run.best, study.study_name, best.number)
     if summary is not None:
         say(f"The best trial ({best.number}) is already exported in {run.best}.")
-    elif claim_export(storage, study, best.number, worker_identity()):
+    elif claim_export(storage, study, best.number, worker_identity()) or claim_abandoned(study, best.number):
         local = run.trial_dir(best.number)
         if not (local / "model.safetensors").is_file() and not artifacts.fetch_result(best, local):
             say(f"Trial {best.number}'s checkpoint is neither here nor in the artifact store ({store_desc}); "
@@ -235,7 +239,7 @@ def run_tune(opts: TuneOptions) -> int:
             add_int8(run.best, data, say)
     else:
         claim = study.user_attrs.get(f"export:{best.number}", {})
-        say(f"The best trial ({best.number}) was exported by another worker ({claim.get('host')}, pid "
+        say(f"The best trial ({best.number}) was claimed for export by another worker ({claim.get('host')}, pid "
             f"{claim.get('pid')}); run 'automl-ft export {run.path}' to export it here too.")
         return 0
     test = summary["test"]

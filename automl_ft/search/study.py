@@ -246,3 +246,11 @@ def claim_export(storage: Any, study: "optuna.Study", trial_number: int, worker:
         raise
     finally:
         session.close()
+
+
+def claim_abandoned(study: "optuna.Study", trial_number: int) -> bool:
+    """Whether the export claim of ``trial_number`` belongs to a dead process on this host (an export that was
+    interrupted or crashed): then this worker may export instead. Claims of other hosts are never taken over."""
+    claim = study.user_attrs.get(f"export:{trial_number}") or {}
+    return claim.get("host") == socket.gethostname() and claim.get("pid") != os.getpid() and \
+        not _process_alive(int(claim.get("pid", -1)), claim.get("started"))
