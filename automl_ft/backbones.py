@@ -19,9 +19,10 @@ the ``head``.
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -353,7 +354,6 @@ def _timm_parts(net: nn.Module) -> ModelParts:
         # Unknown layout: the whole feature extractor is one block (freezing depth 0 or 1).
         block_children = [n for n, c in children if c is not head and sum(p.numel() for p in c.parameters())]
         blocks = [getattr(net, n) for n in block_children]
-        block_children = block_children
     names = [n for n, _ in children]
     first = min(names.index(n) for n in block_children)
     last = max(names.index(n) for n in block_children)

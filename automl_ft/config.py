@@ -87,7 +87,7 @@ class TrialConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrialConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -98,5 +98,5 @@ class TrialConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "TrialConfig":
+    def load(cls, path: Path) -> TrialConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))

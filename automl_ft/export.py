@@ -22,8 +22,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,7 +217,7 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
         got = onnx_logits(session, verify_batches)
         onnx_check = {
             "exporter": exporter,
-            "num_samples": int(len(verify_split)),
+            "num_samples": len(verify_split),
             "max_abs_logit_diff": float(np.abs(got - ref).max()),
             "prediction_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
             "onnx_test_accuracy": float((got.argmax(1) == np.asarray(verify_split.labels)).mean()),

@@ -148,7 +148,7 @@ class KernelTimer:
                 a = torch.randn(r, fin, device="cuda", dtype=dtype, requires_grad=True)
                 b = torch.randn(fout, r, device="cuda", dtype=dtype, requires_grad=True)
                 for backend in ("triton", "torch"):
-                    def run(backend=backend):
+                    def run(backend=backend, x=x, w=w, a=a, b=b):
                         lora_linear(x, w, None, a, b, 2.0, 0.0, True, backend=backend).sum().backward()
                     t = timed(run) * calls
                     if backend == "triton":

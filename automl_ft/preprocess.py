@@ -8,9 +8,10 @@ exported model sees exactly the inputs it was validated on. Only ``tokenizers``,
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class TextPreprocess:
         self.tokenizer.enable_truncation(max_length=self.max_length)
 
     @classmethod
-    def from_hf(cls, hf_tokenizer: Any, max_length: int) -> "TextPreprocess":
+    def from_hf(cls, hf_tokenizer: Any, max_length: int) -> TextPreprocess:
         """From a transformers fast tokenizer (its backend ``tokenizers.Tokenizer`` is copied, not shared)."""
         from tokenizers import Tokenizer
 

@@ -28,8 +28,9 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -64,8 +65,13 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, batches: Iterable[dic
     The graph is pre-processed first (shape inference, BatchNorm folding into the convolutions), so each
     Conv+BN+activation becomes one quantized convolution.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -255,7 +261,7 @@ def write_card_section(card: Path, result: dict[str, Any]) -> None:
     """Replace the card's ``## INT8`` section (up to the next ``## `` heading), or add it before ``## Made with``."""
     text = card.read_text()
     section = card_section(result).rstrip("\n") + "\n\n"
-    pattern = re.compile(r"^## INT8\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(r"^## INT8\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text, count=1)
     elif "\n## Made with" in text:
@@ -279,5 +285,13 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-__all__ = ["quantize_model", "quantize_dynamic_onnx", "quantize_static_onnx", "calibration_batches",
-           "card_section", "write_card_section", "CALIBRATION_LIMIT", "INT8_FILE"]
+__all__ = [
+    "CALIBRATION_LIMIT",
+    "INT8_FILE",
+    "calibration_batches",
+    "card_section",
+    "quantize_dynamic_onnx",
+    "quantize_model",
+    "quantize_static_onnx",
+    "write_card_section",
+]

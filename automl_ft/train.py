@@ -15,9 +15,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -313,7 +314,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         callbacks.on_epoch_end(record)
         if report is not None:
             report(epoch + 1, metrics["accuracy"])
-        if bad_epochs >= config.patience:
+        if bad_epochs >= config.patience and epoch + 1 < config.epochs:  # on the last epoch it simply completed
             stopped = "early_stopping"
             break
         if deadline is not None and time.time() > deadline:
@@ -414,7 +415,7 @@ def load_resume_point(directory: Path, model: nn.Module, optimizer, scheduler) -
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a trial's delta into a freshly built model; every tensor must land somewhere."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    _frozen_base, unexpected = model.load_state_dict(state, strict=False)  # the base weights come from the backbone
     if unexpected:
         raise RuntimeError(f"checkpoint has tensors the model lacks: {', '.join(unexpected[:5])}")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -96,13 +96,23 @@ def run_tune(opts: TuneOptions) -> int:
 
     from automl_ft.data import load_dataset
     from automl_ft.data.demo import DEMO_NAME, write_digits
+    from automl_ft.search.artifacts import TrialArtifacts, make_artifact_store
     from automl_ft.search.objective import Objective, TrialFailed
     from automl_ft.search.progress import SearchProgress
     from automl_ft.search.space import load_space
     from automl_ft.search.storage import default_storage_url, make_storage, redact_url
-    from automl_ft.search.artifacts import TrialArtifacts, make_artifact_store
-    from automl_ft.search.study import (StudyBudget, best_trial, claim_abandoned, claim_export, count_done,
-                                        make_pruner, make_sampler, open_study, recover_interrupted, worker_identity)
+    from automl_ft.search.study import (
+        StudyBudget,
+        best_trial,
+        claim_abandoned,
+        claim_export,
+        count_done,
+        make_pruner,
+        make_sampler,
+        open_study,
+        recover_interrupted,
+        worker_identity,
+    )
     from automl_ft.train import Caches
 
     started = time.time()

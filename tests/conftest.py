@@ -13,14 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pathlib  # noqa: E402
+import pathlib
 
-import pytest  # noqa: E402
+import pytest
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 
@@ -141,6 +141,24 @@ training:
 pruner: {{type: none}}
 """)
     return path
+
+
+@pytest.fixture
+def slow_text_setup(tmp_path, tiny_bert_dir) -> tuple[pathlib.Path, pathlib.Path]:
+    """Full fine-tuning of the tiny BERT for three epochs over 600 rows, no pruning: trials long enough to
+    interrupt (Ctrl-C, kill -9) between their epochs. Returns (data, space)."""
+    data = write_csv(tmp_path / "texts.csv", make_text_rows(200))
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""
+task: text-classification
+backbones:
+  {tiny_bert_dir}: {{max_length: 32, freeze_depth: 0}}
+adaptation:
+  full: {{lr: {{low: 1.0e-3, high: 3.0e-3, log: true}}}}
+training: {{batch_size: 8, epochs: 3, patience: 3}}
+pruner: {{type: none}}
+""")
+    return data, space
 
 
 @pytest.fixture

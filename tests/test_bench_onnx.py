@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from automl_ft.bench import bench_onnx
+
 from automl_ft.cli import main as cli_main
 from tests.test_predict import built_model
 

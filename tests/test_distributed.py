@@ -17,8 +17,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import make_text_rows, write_csv
-
 URL = os.environ.get("AUTOML_FT_TEST_POSTGRES")
 PASSWORD = "s3cret-Pw"
 
@@ -42,18 +40,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "AUTOML_FT_HEARTBEAT_INTERVAL": "2
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_bert_dir):
-    data = write_csv(tmp_path / "texts.csv", make_text_rows(200))
-    space = tmp_path / "space.yaml"
-    space.write_text(f"""
-task: text-classification
-backbones:
-  {tiny_bert_dir}: {{max_length: 32, freeze_depth: 0}}
-adaptation:
-  full: {{lr: {{low: 1.0e-3, high: 3.0e-3, log: true}}}}
-training: {{batch_size: 8, epochs: 3, patience: 3}}
-pruner: {{type: none}}
-""")
+def setup(tmp_path, slow_text_setup):
+    data, space = slow_text_setup
     return data, space, f"dist-{uuid.uuid4().hex[:8]}", tmp_path / "shared-artifacts"
 
 

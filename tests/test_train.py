@@ -9,8 +9,16 @@ import torch
 
 from automl_ft.config import TrialConfig
 from automl_ft.data import load_dataset
-from automl_ft.train import (HISTORY_FILE, MODEL_FILE, PEFT_DIR, RESUME_META, TrainingDiverged, fit, load_trained_model,
-                             warmup_cosine)
+from automl_ft.train import (
+    HISTORY_FILE,
+    MODEL_FILE,
+    PEFT_DIR,
+    RESUME_META,
+    TrainingDiverged,
+    fit,
+    load_trained_model,
+    warmup_cosine,
+)
 
 CPU = torch.device("cpu")
 
@@ -55,6 +63,12 @@ def test_early_stopping(tmp_path, tiny_bert_dir, text_data):
     cfg = text_config(tiny_bert_dir, lr=1e-9, head_lr_scale=1.0, epochs=6, patience=1)
     out = fit(cfg, text_data, tmp_path, device=CPU)
     assert out.stopped == "early_stopping" and out.epochs_run < 6
+
+
+def test_patience_running_out_on_the_last_epoch_is_completion(tmp_path, tiny_bert_dir, text_data):
+    cfg = text_config(tiny_bert_dir, lr=1e-9, head_lr_scale=1.0, epochs=2, patience=1)
+    out = fit(cfg, text_data, tmp_path, device=CPU)
+    assert out.epochs_run == 2 and out.stopped == "completed"
 
 
 def test_divergence_is_detected(tmp_path, tiny_bert_dir, text_data, monkeypatch):

@@ -14,7 +14,6 @@ import optuna
 import pytest
 
 from automl_ft.cli import main
-from tests.conftest import make_text_rows, write_csv
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -112,23 +111,6 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
             proc.kill()
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def slow_text_setup(tmp_path, tiny_bert_dir):
-    """Three-epoch trials over 600 rows: long enough to interrupt a trial between its epochs."""
-    data = write_csv(tmp_path / "texts.csv", make_text_rows(200))
-    space = tmp_path / "space.yaml"
-    space.write_text(f"""
-task: text-classification
-backbones:
-  {tiny_bert_dir}: {{max_length: 32, freeze_depth: 0}}
-adaptation:
-  full: {{lr: {{low: 1.0e-3, high: 3.0e-3, log: true}}}}
-training: {{batch_size: 8, epochs: 3, patience: 3}}
-pruner: {{type: none}}
-""")
-    return data, space
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ kept in the earliest split only).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def dedupe(keys: Sequence[str], labels: Sequence[str], splits: Sequence[str] | None = None,

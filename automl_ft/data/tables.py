@@ -19,7 +19,7 @@ def table_format(path: Path) -> str | None:
     return TABLE_SUFFIXES.get(path.suffix.lower())
 
 
-def read_table(path: Path) -> "pd.DataFrame":
+def read_table(path: Path) -> pd.DataFrame:
     """Read a table with every cell as a string (labels like ``01`` stay ``01``; empty cells stay empty strings).
 
     Raises:
@@ -70,7 +70,7 @@ def _match(columns: list[str], wanted: str) -> str | None:
     return folded[0] if len(folded) == 1 else None
 
 
-def choose_columns(df: "pd.DataFrame", path: Path, text_column: str | None, label_column: str | None
+def choose_columns(df: pd.DataFrame, path: Path, text_column: str | None, label_column: str | None
                    ) -> tuple[str, str]:
     """Resolve the text and label columns.
 

@@ -11,7 +11,7 @@ COLUMNS = ("trial", "state", "backbone", "adaptation", "freeze", "lr", "batch", 
            "minutes", "note")
 
 
-def trial_row(t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
+def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """A flat summary of a trial from its parameters and user attributes (set by the objective)."""
     cfg = t.user_attrs.get("config") or {}
     adaptation = cfg.get("adaptation", "?")
@@ -47,7 +47,7 @@ def trial_row(t: "optuna.trial.FrozenTrial") -> dict[str, Any]:
     }
 
 
-def leaderboard(study: "optuna.Study", limit: int | None = None) -> list[dict[str, Any]]:
+def leaderboard(study: optuna.Study, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows sorted best first: complete trials by value, then pruned by best intermediate value, then the rest."""
     from optuna.trial import TrialState
 

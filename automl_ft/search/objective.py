@@ -13,14 +13,15 @@ Failures are contained to their trial and explained in its user attributes (show
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from automl_ft.config import TrialConfig
 from automl_ft.data import LabeledData
-from automl_ft.train import (MODEL_FILE, RESUME_META, Caches, TrainingDiverged, clean_resume_point, fit)
+from automl_ft.train import MODEL_FILE, RESUME_META, Caches, TrainingDiverged, clean_resume_point, fit
 
 from .pruners import BaselinePruner
 from .space import SearchSpace

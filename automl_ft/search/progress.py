@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class SearchProgress:
     """Training callbacks (``on_epoch_start`` / ``on_step`` / ``on_epoch_end``) plus an Optuna trial callback."""
 
-    def __init__(self, study: "optuna.Study", n_trials: int, *, live: bool | None = None, title: str = ""):
+    def __init__(self, study: optuna.Study, n_trials: int, *, live: bool | None = None, title: str = ""):
         from rich.console import Console
 
         self.console = Console(stderr=True)
@@ -66,7 +66,7 @@ class SearchProgress:
         except Exception:
             return 0
 
-    def __enter__(self) -> "SearchProgress":
+    def __enter__(self) -> SearchProgress:
         if self.live_enabled:
             from rich.live import Live
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -79,7 +79,7 @@ class SearchProgress:
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.update(self._render())
             self._live.__exit__(*exc)
@@ -119,7 +119,7 @@ class SearchProgress:
                          f"train loss {record['train_loss']:.4f}  ({record['seconds']:.0f} s)")
         self._refresh()
 
-    def __call__(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: a trial finished."""
         if self._live is None:
             from .leaderboard import trial_row

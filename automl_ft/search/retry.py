@@ -18,7 +18,7 @@ MAX_RETRY = 3
 
 
 class RetryFromCheckpoint(_Base):
-    def __call__(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if self._max_retry is not None and self._max_retry < len(history):
             return

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automl_ft.config import AUGMENTS, TrialConfig
-from automl_ft.data import IMAGE, TASKS, TEXT
+from automl_ft.data import TASKS, TEXT
 from automl_ft.errors import BackboneError, SearchSpaceError
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Param:
     log: bool = False
     step: float | None = None
 
-    def sample(self, trial: "optuna.Trial", name: str) -> Any:
+    def sample(self, trial: optuna.Trial, name: str) -> Any:
         if self.kind == "fixed":
             return self.value
         if self.kind == "categorical":
@@ -379,7 +379,7 @@ class SearchSpace:
     def max_epochs(self) -> int:
         return int(self.training["epochs"].max)
 
-    def suggest(self, trial: "optuna.Trial", num_classes: int, seed: int) -> TrialConfig:
+    def suggest(self, trial: optuna.Trial, num_classes: int, seed: int) -> TrialConfig:
         """Sample a configuration define-by-run (conditional parameters only where they apply)."""
         names = list(self.backbones)
         bb_name = names[0] if len(names) == 1 else trial.suggest_categorical("backbone", names)

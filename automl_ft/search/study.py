@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from automl_ft.errors import StorageError
 
-from .space import SearchSpace
 from .retry import retry_callback
+from .space import SearchSpace
 from .storage import redact_text
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 DONE_STATES_NAMES = ("COMPLETE", "PRUNED")
 
 
-def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> "optuna.samplers.BaseSampler":
+def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
     """TPE (multivariate, grouped for the conditional LoRA/full branches, constant liar for parallel workers).
 
     ``n_startup_trials: auto`` uses a third of the budget (2..10) for random exploration: TPE's default of 10
@@ -43,14 +43,12 @@ def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> "optuna.sample
 
 
 def make_pruner(space: SearchSpace, multi_objective: bool = False,
-                baseline: float | None = None) -> "optuna.pruners.BasePruner":
+                baseline: float | None = None) -> optuna.pruners.BasePruner:
     """Hyperband (default), successive halving or median pruning on per-epoch validation accuracy, plus pruning of
     trials stuck at the majority-class ``baseline`` (see pruners.py).
 
     Multi-objective studies get none: Optuna cannot prune them (``trial.report`` is single-objective).
     """
-    import optuna
-
     from .pruners import BaselinePruner
 
     inner = _rank_pruner(space, multi_objective)
@@ -59,7 +57,7 @@ def make_pruner(space: SearchSpace, multi_objective: bool = False,
     return BaselinePruner(inner, baseline)
 
 
-def _rank_pruner(space: SearchSpace, multi_objective: bool) -> "optuna.pruners.BasePruner":
+def _rank_pruner(space: SearchSpace, multi_objective: bool) -> optuna.pruners.BasePruner:
     import optuna
 
     cfg = space.pruner
@@ -78,7 +76,7 @@ def _rank_pruner(space: SearchSpace, multi_objective: bool) -> "optuna.pruners.B
 
 
 def open_study(storage: Any, name: str, sampler: Any, pruner: Any, url: str,
-               directions: tuple[str, ...] = ("maximize",)) -> "optuna.Study":
+               directions: tuple[str, ...] = ("maximize",)) -> optuna.Study:
     """Create the study or load it (``load_if_exists``): re-running a command resumes it."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
@@ -120,7 +118,7 @@ def _process_alive(pid: int, started: float | None) -> bool:
             return False
 
 
-def recover_interrupted(study: "optuna.Study", storage: Any) -> list[int]:
+def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
     """Fail and retry the trials this machine left behind, without waiting for the heartbeat grace period.
 
     - RUNNING trials whose worker was on this host and is dead (kill -9, power loss): marked FAIL, then retried.
@@ -157,19 +155,19 @@ def recover_interrupted(study: "optuna.Study", storage: Any) -> list[int]:
     return out
 
 
-def count_done(study: "optuna.Study") -> int:
+def count_done(study: optuna.Study) -> int:
     """Trials that count toward ``--trials``: complete or pruned (failed ones are retried or reported)."""
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def accuracy_of(t: "optuna.trial.FrozenTrial") -> float | None:
+def accuracy_of(t: optuna.trial.FrozenTrial) -> float | None:
     """Validation accuracy: the value, or the first of the values (accuracy, latency) of a multi-objective trial."""
     return t.values[0] if t.values else None
 
 
-def best_trial(study: "optuna.Study", max_latency_ms: float | None = None) -> "optuna.trial.FrozenTrial | None":
+def best_trial(study: optuna.Study, max_latency_ms: float | None = None) -> optuna.trial.FrozenTrial | None:
     """The most accurate complete trial (under ``max_latency_ms`` if given); ties: lower validation loss, earlier."""
     from optuna.trial import TrialState
 
@@ -181,7 +179,7 @@ def best_trial(study: "optuna.Study", max_latency_ms: float | None = None) -> "o
     return min(done, key=lambda t: (-accuracy_of(t), t.user_attrs.get("val_loss", float("inf")), t.number))
 
 
-def wait_for_running(study: "optuna.Study", timeout: float) -> None:
+def wait_for_running(study: optuna.Study, timeout: float) -> None:
     """Wait (bounded) for trials other workers are still running, so the exporter sees the final leaderboard."""
     from optuna.trial import TrialState
 
@@ -201,7 +199,7 @@ class StudyBudget:
     def __init__(self, n_trials: int):
         self.n_trials = n_trials
 
-    def __call__(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from optuna.trial import TrialState
 
         taken = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
@@ -211,7 +209,7 @@ class StudyBudget:
             study.stop()
 
 
-def claim_export(storage: Any, study: "optuna.Study", trial_number: int, worker: dict[str, Any]) -> bool:
+def claim_export(storage: Any, study: optuna.Study, trial_number: int, worker: dict[str, Any]) -> bool:
     """Atomically claim the export of ``trial_number``: exactly one worker gets True.
 
     A study user attribute ``export:<trial>`` is inserted in a transaction that holds the study's row lock
@@ -248,7 +246,7 @@ def claim_export(storage: Any, study: "optuna.Study", trial_number: int, worker:
         session.close()
 
 
-def claim_abandoned(study: "optuna.Study", trial_number: int) -> bool:
+def claim_abandoned(study: optuna.Study, trial_number: int) -> bool:
     """Whether the export claim of ``trial_number`` belongs to a dead process on this host (an export that was
     interrupted or crashed): then this worker may export instead. Claims of other hosts are never taken over."""
     claim = study.user_attrs.get(f"export:{trial_number}") or {}

@@ -108,7 +108,7 @@ def test_block_count_resolves_n(tmp_path):
 
 
 def test_cli_backbones_override_and_defaults(tmp_path, tiny_bert_dir):
-    text = BASE + f"backbone_defaults: {{max_length: 32, freeze_depth: {{low: 0, high: N}}}}\n"
+    text = BASE + "backbone_defaults: {max_length: 32, freeze_depth: {low: 0, high: N}}\n"
     space = load_space(write(tmp_path, text), TEXT, backbones=[str(tiny_bert_dir)])
     assert list(space.backbones) == [str(tiny_bert_dir)]
     assert space.backbones[str(tiny_bert_dir)].freeze_depth.high == 2  # from the local config.json

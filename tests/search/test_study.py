@@ -9,8 +9,7 @@ import optuna
 import pytest
 
 from automl_ft.search.storage import make_storage
-from automl_ft.search.study import (StudyBudget, claim_abandoned, claim_export, recover_interrupted,
-                                    worker_identity)
+from automl_ft.search.study import StudyBudget, claim_abandoned, claim_export, recover_interrupted, worker_identity
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
