@@ -90,7 +90,7 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         "",
         f"- Study `{search.get('study')}` in `{search.get('storage')}`",
         f"- Sampler: {search.get('sampler')}; pruner: {search.get('pruner')}",
-        f"- Trials: {search.get('counts')}",
+        f"- Trials: {', '.join(f'{n} {state}' for state, n in (search.get('counts') or {}).items()) or 'none'}",
         f"- Best: trial {search.get('best_trial')} with validation accuracy {_pct(search.get('best_value'))} "
         f"(epoch {search.get('best_epoch')})",
         f"- Search wall time: {search.get('minutes', 0):.1f} min",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automl_ft.search.leaderboard import COLUMNS, format_cell, leaderboard
+from automl_ft.search.leaderboard import COLUMNS, format_cell, leaderboard, shown_columns
 
 if TYPE_CHECKING:
     import optuna
@@ -72,7 +72,7 @@ def report_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], tuple[str, .
     rows = leaderboard(study)
     extra = [n for n in objective_names(study)[1:] if n not in COLUMNS]
     if not extra:
-        return rows, COLUMNS
+        return rows, shown_columns(rows)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     for row in rows:
         values = by_number[row["trial"]].values or []
@@ -80,7 +80,7 @@ def report_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], tuple[str, .
             if name in extra:
                 row[name] = values[i] if i < len(values) else None
     at = COLUMNS.index("val_acc") + 1
-    return rows, COLUMNS[:at] + tuple(extra) + COLUMNS[at:]
+    return rows, shown_columns(rows, COLUMNS[:at] + tuple(extra) + COLUMNS[at:])
 
 
 def cell(column: str, value: Any) -> str:

@@ -180,6 +180,7 @@ def test_single_objective_report_with_all_trial_states(tmp_path, capsys):
             assert r[acc] == f"{100 * t.value:.2f}%"
             assert f"{100 * t.value:.2f}%" in out
     assert "91.25%" in out and "out of memory" in text
+    assert "latency_ms" not in header and "latency_ms" not in out  # nothing was timed: no empty column
 
     # learning curves of the 3 best trials that have a history
     assert [t.number for t in curve_trials(study, expected)] == [3, 2, 0]

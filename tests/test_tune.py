@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -54,6 +56,9 @@ def test_text_tune_export_predict_and_resume(tmp_path, text_csv, tiny_text_space
     for section in ("## Data", "## Chosen configuration", "## Search", "## Test metrics", "## ONNX check",
                     "## Made with", "torch==", "--trials 3"):
         assert section in card, section
+    line = re.search(r"^- Trials: (.*)$", card, re.MULTILINE)[1]  # e.g. "2 complete, 1 pruned"
+    assert {part.split()[1]: int(part.split()[0]) for part in line.split(", ")} == \
+        Counter(t.state.name.lower() for t in study.trials)
     assert json.loads((run / "data_summary.json").read_text())["num_classes"] == 3
 
     capsys.readouterr()

@@ -62,6 +62,11 @@ def leaderboard(study: optuna.Study, limit: int | None = None) -> list[dict[str,
     return out[:limit] if limit else out
 
 
+def shown_columns(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> tuple[str, ...]:
+    """The columns worth showing: latency only where some trial was timed (latency-aware studies)."""
+    return tuple(c for c in columns if c != "latency_ms" or any(r.get(c) is not None for r in rows))
+
+
 def format_cell(key: str, value: Any) -> str:
     if value is None:
         return ""
@@ -76,7 +81,8 @@ def format_cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
+    columns = shown_columns(rows) if columns is None else columns
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     body = "".join("| " + " | ".join(format_cell(c, r.get(c)).replace("|", "/") for c in columns) + " |\n"
                    for r in rows)

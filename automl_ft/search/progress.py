@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .leaderboard import COLUMNS, format_cell, leaderboard
+from .leaderboard import format_cell, leaderboard, shown_columns
 
 if TYPE_CHECKING:
     import optuna
@@ -41,11 +41,14 @@ class SearchProgress:
         from rich.table import Table
 
         table = Table(title="leaderboard", expand=False, title_justify="left")
-        for col in COLUMNS:
-            table.add_column(col, justify="right" if col in ("trial", "freeze", "lr", "batch", "val_acc", "minutes")
-                             else "left", overflow="fold", max_width=48 if col == "note" else None)
-        for row in leaderboard(self.study, limit=12):
-            table.add_row(*(format_cell(c, row.get(c)) for c in COLUMNS))
+        rows = leaderboard(self.study, limit=12)
+        columns = shown_columns(rows)
+        for col in columns:
+            table.add_column(col, justify="right" if col in ("trial", "freeze", "lr", "batch", "val_acc", "latency_ms",
+                                                             "minutes") else "left",
+                             overflow="fold", max_width=48 if col == "note" else None)
+        for row in rows:
+            table.add_row(*(format_cell(c, row.get(c)) for c in columns))
         return table
 
     def _render(self):
