@@ -271,3 +271,19 @@ def test_report_on_a_real_tiny_run(tmp_path, capsys, text_csv, tiny_text_space):
         t = study.trials[int(r[0])]
         if t.state == TrialState.COMPLETE:
             assert r[8] == f"{100 * t.value:.2f}%" and not math.isnan(t.value)
+
+
+def test_a_dead_workers_trial_has_no_duration():
+    """A trial failed for a dead worker is closed when someone notices, not when it stopped: no minutes for it."""
+    import datetime
+
+    from automl_ft.search.leaderboard import trial_row
+
+    start = datetime.datetime(2026, 11, 25, 12, 0)
+    common = {"params": {}, "distributions": {}, "intermediate_values": {}, "system_attrs": {}, "trial_id": 0,
+              "datetime_start": start, "datetime_complete": start + datetime.timedelta(minutes=49)}
+    dead = optuna.trial.FrozenTrial(number=5, state=TrialState.FAIL, value=None,
+                                    user_attrs={"fail_reason": "worker died (process gone)"}, **common)
+    done = optuna.trial.FrozenTrial(number=6, state=TrialState.COMPLETE, value=0.9, user_attrs={}, **common)
+    assert trial_row(dead)["minutes"] is None and trial_row(dead)["note"] == "worker died (process gone)"
+    assert trial_row(done)["minutes"] == pytest.approx(49.0)

@@ -28,7 +28,9 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
                 + (f"; {note}" if note else ""))
     value = t.values[0] if t.values else (max(t.intermediate_values.values()) if t.intermediate_values else None)
     seconds = t.user_attrs.get("seconds")
-    if seconds is None and t.datetime_start and t.datetime_complete:
+    # Without the objective's own figure, the clock tells the duration only of trials that ended themselves: a
+    # trial failed for a dead worker ends when someone notices (48.9 min after it started, in one resumed study).
+    if seconds is None and t.datetime_start and t.datetime_complete and t.state.name != "FAIL":
         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
     return {
         "trial": t.number,
