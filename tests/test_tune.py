@@ -102,9 +102,11 @@ def test_image_tune_and_predict_folder(tmp_path, image_folder, tiny_image_space,
 
 def _tune_process(run: Path, data: Path, space: Path, trials: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # As from a terminal: a test run started in the background (`cmd &` in a script) passes SIGINT on ignored, and
+    # Python then installs no KeyboardInterrupt handler, so Ctrl-C would do nothing to the child.
     return subprocess.Popen([sys.executable, "-m", "automl_ft", "tune", str(data), "--out", str(run), "--space",
                              str(space), "--trials", str(trials)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
