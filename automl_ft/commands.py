@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_ft.errors import UsageError
-from automl_ft.rundir import RunDir
+from automl_ft.rundir import RunDir, check_creatable
 
 
 def open_run(run_dir: str, storage: str | None) -> tuple[RunDir, dict[str, Any], Any, str]:
@@ -24,7 +24,7 @@ def open_run(run_dir: str, storage: str | None) -> tuple[RunDir, dict[str, Any],
         raise UsageError(f"{run.run_file} stores the storage URL without its password ({url}); pass --storage URL")
     if storage and redact_url(storage) != record.get("storage"):
         raise UsageError(f"--storage {redact_url(storage)} is not this run's storage ({record.get('storage')})")
-    st = make_storage(url, heartbeat=False)
+    st = make_storage(url, heartbeat=False, must_exist=True)
     try:
         study = optuna.load_study(study_name=record["study"], storage=st)
     except KeyError:
@@ -53,6 +53,8 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
     from automl_ft.search.study import best_trial
     from automl_ft.tune import _printer, export_best
 
+    if out:
+        check_creatable(Path(out).expanduser().resolve(), "--out")  # before minutes of evaluation
     run, record, study, url = open_run(run_dir, storage)
     if trial is None:
         chosen = best_trial(study, record.get("max_latency_ms"))
@@ -105,8 +107,10 @@ def run_report(run_dir: str, *, storage: str | None = None, out: str | None = No
 
     from automl_ft.report import PLOTS, TITLES, build_report, leaderboard_table
 
-    run, record, study, _ = open_run(run_dir, storage)
     out_dir = Path(out).expanduser().resolve() if out else None
+    if out_dir is not None:
+        check_creatable(out_dir, "--out")
+    run, record, study, _ = open_run(run_dir, storage)
     report = build_report(run, study, record, out_dir=out_dir)
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would truncate the table to 80 columns

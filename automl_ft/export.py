@@ -35,6 +35,7 @@ from automl_ft.config import TrialConfig
 from automl_ft.data import IMAGE, LabeledData, Split
 from automl_ft.metrics import classification_metrics
 from automl_ft.preprocess import save_preprocess
+from automl_ft.rundir import make_dir
 from automl_ft.train import PEFT_DIR, Caches, load_trained_model, make_batches, make_preprocess, save_adapter
 
 ONNX_FILE = "model.onnx"
@@ -194,7 +195,7 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
     backbone, config = load_trained_model(trial_dir, backend="torch")
     model = backbone.model
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir.parent, "--out")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
     try:

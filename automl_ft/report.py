@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automl_ft.rundir import make_dir
 from automl_ft.search.leaderboard import COLUMNS, format_cell, leaderboard, shown_columns
 
 if TYPE_CHECKING:
@@ -267,8 +268,7 @@ def build_report(run: RunDir, study: optuna.Study, record: dict[str, Any], *, ou
 
     matplotlib.use("Agg")  # files only; never a window (and no display on servers)
 
-    out = Path(out_dir) if out_dir else run.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(Path(out_dir) if out_dir else run.path / "report", "--out")
     rows, columns = report_rows(study)
     report = Report(out_dir=out, html=out / "index.html", rows=rows, columns=columns)
     for name in PLOTS:  # an image left from an earlier report must not pass for a current one

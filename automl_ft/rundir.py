@@ -27,6 +27,28 @@ RUN_FILE = "run.json"
 IDENTITY_KEYS = ("task", "data_fingerprint", "study", "storage")
 
 
+def check_creatable(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made: under a file, or where we may not write."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == path:
+        return
+    if not ancestor.is_dir():
+        raise UsageError(f"{flag} {path}: {ancestor} is a file; pass a folder path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: no permission to write in {ancestor}; pass a folder you can write to")
+
+
+def make_dir(path: Path, flag: str) -> Path:
+    """``mkdir -p`` whose OS refusal (a read-only or virtual file system, a full disk) is a one-line usage error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create it ({e.strerror}); pass a folder you can write to") from None
+    return path
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
@@ -50,6 +72,7 @@ class RunDir:
         """Refuse a path that is a file or a foreign non-empty folder; return the existing identity, if any."""
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"--out {self.path} is a file; pass a folder for the run")
+        check_creatable(self.path, "--out")
         if self.path.is_dir():
             if self.run_file.is_file():
                 try:
@@ -81,7 +104,7 @@ class RunDir:
             record = {**identity, "created": _now()}
         record.update({k: v for k, v in identity.items() if k not in IDENTITY_KEYS})
         record.setdefault("commands", []).append(command)
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path, "--out")
         write_json(self.run_file, record)
         return record
 

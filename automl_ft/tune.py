@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_ft.errors import UsageError
-from automl_ft.rundir import RunDir, format_command, write_json
+from automl_ft.rundir import RunDir, format_command, make_dir, write_json
 
 
 @dataclass
@@ -96,7 +96,7 @@ def run_tune(opts: TuneOptions) -> int:
 
     from automl_ft.data import load_dataset
     from automl_ft.data.demo import DEMO_NAME, write_digits
-    from automl_ft.search.artifacts import TrialArtifacts, make_artifact_store
+    from automl_ft.search.artifacts import TrialArtifacts, check_artifacts_option, make_artifact_store
     from automl_ft.search.objective import Objective, TrialFailed
     from automl_ft.search.progress import SearchProgress
     from automl_ft.search.space import load_space
@@ -131,7 +131,7 @@ def run_tune(opts: TuneOptions) -> int:
         if existing is not None and existing.get("data_source") != str(demo_dir.resolve()):
             raise UsageError(f"--out {run.path} holds another study (data {existing.get('data_source')!r}); pass a "
                              "new --out for the demo")
-        run.path.mkdir(parents=True, exist_ok=True)
+        make_dir(run.path, "--out")
         data_path = write_digits(demo_dir)
     else:
         data_path = Path(opts.data)
@@ -154,6 +154,7 @@ def run_tune(opts: TuneOptions) -> int:
                 "objective": opts.objective, "max_latency_ms": opts.max_latency_ms,
                 "data_options": {"task": opts.task, "text_column": opts.text_column,
                                  "label_column": opts.label_column, "seed": opts.seed}}
+    check_artifacts_option(opts.artifacts)  # refused before the run folder is written
     record = run.claim(identity, format_command(opts.argv), existing)
     if opts.storage is None:
         storage = make_storage(url)

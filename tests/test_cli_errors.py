@@ -103,6 +103,23 @@ def case_inputs(tmp_path: Path, name: str, earlier: Path) -> list[str]:
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "thesis.tex").write_text("precious")
         return ["tune", str(good_csv), "--out", str(tmp_path / "mine")]
+    if name == "out under a file":
+        (tmp_path / "notes.txt").write_text("x")
+        return ["tune", str(good_csv), "--out", str(tmp_path / "notes.txt" / "run")]
+    if name == "out cannot be created":  # /proc refuses new entries even to root
+        return ["tune", str(good_csv), "--out", "/proc/automl-ft-run"]
+    if name == "artifacts of another scheme":
+        return ["tune", str(good_csv), "--artifacts", "ftp://host/ckpt", *out]
+    if name == "artifacts under a missing mount":
+        return ["tune", str(good_csv), "--artifacts", str(tmp_path / "mnt" / "shared"), *out]
+    if name == "export: out under a file":
+        (tmp_path / "notes.txt").write_text("x")
+        return ["export", str(earlier), "--out", str(tmp_path / "notes.txt" / "best")]
+    if name == "report: out under a file":
+        (tmp_path / "notes.txt").write_text("x")
+        return ["report", str(earlier), "--out", str(tmp_path / "notes.txt" / "report")]
+    if name == "export: study database missing":
+        return ["export", str(earlier)]
     if name == "out holds another study":
         return ["tune", str(good_csv), "--out", str(earlier)]
     if name == "column flags on images":
@@ -142,6 +159,13 @@ CASES = {
     "negative timeout": "--timeout must be a positive number",
     "out is a file": "is a file",
     "out is a foreign folder": "is not an automl-ft run folder",
+    "out under a file": "notes.txt is a file",
+    "out cannot be created": "cannot create it",
+    "artifacts of another scheme": "use a folder path or s3://",
+    "artifacts under a missing mount": "its parent folder does not exist",
+    "export: out under a file": "notes.txt is a file",
+    "report: out under a file": "notes.txt is a file",
+    "export: study database missing": "no study database there",
     "out holds another study": "holds another study",
     "column flags on images": "apply to tables only",
     "cuda without a gpu": "no CUDA device",
@@ -171,6 +195,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, earlier_run, name):
     assert "Traceback" not in err
     assert "hunter2" not in err  # passwords never leak into messages
     assert snapshot(earlier_run) == before
+    assert not Path("x.db").exists()  # the earlier run's relative sqlite:///x.db is not created by reading it
     assert not (tmp_path / "run").exists() or name in ("corrupt images",)  # nothing written for a refused run
 
 

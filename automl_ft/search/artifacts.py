@@ -17,35 +17,50 @@ from pathlib import Path
 from typing import Any
 
 from automl_ft.errors import UsageError
+from automl_ft.rundir import check_creatable, make_dir
 from automl_ft.train import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, PEFT_DIR, RESUME_META, RESUME_WEIGHTS
 
 RESULT_FILES = (MODEL_FILE, CONFIG_FILE, HISTORY_FILE)
 RESUME_FILES = (RESUME_WEIGHTS, RESUME_META, MODEL_FILE)
 
 
+def check_artifacts_option(option: str | None) -> None:
+    """Refuse a bad ``--artifacts`` before anything is written: a missing boto3 or bucket, another URL scheme, or a
+    folder whose parent does not exist (a shared mount that is not mounted must not become a local folder)."""
+    if not option:
+        return
+    if option.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise UsageError("--artifacts s3://... needs boto3; pip install boto3") from None
+        if not option[5:].partition("/")[0]:
+            raise UsageError(f"--artifacts {option}: no bucket; use s3://BUCKET[/PREFIX]")
+        return
+    if "://" in option:
+        raise UsageError(f"--artifacts {option}: use a folder path or s3://BUCKET[/PREFIX]")
+    path = Path(option).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise UsageError(f"--artifacts {path}: its parent folder does not exist; create it or use another path")
+    check_creatable(path, "--artifacts")
+
+
 def make_artifact_store(option: str | None, run_dir: Path) -> tuple[Any, str, bool]:
     """The store, a description for logs, and whether it is shared beyond this run folder."""
     from optuna.artifacts import FileSystemArtifactStore
 
+    check_artifacts_option(option)
     if option and option.startswith("s3://"):
-        try:
-            import boto3
-            from optuna.artifacts import Boto3ArtifactStore
-        except ImportError:
-            raise UsageError("--artifacts s3://... needs boto3; pip install boto3") from None
+        import boto3
+        from optuna.artifacts import Boto3ArtifactStore
+
         bucket, _, prefix = option[5:].partition("/")
-        if not bucket:
-            raise UsageError(f"--artifacts {option}: no bucket; use s3://BUCKET[/PREFIX]")
         store = Boto3ArtifactStore(bucket, client=boto3.client("s3"))
         if prefix:
             store = _Prefixed(store, prefix.rstrip("/") + "/")
         return store, option, True
-    if option and "://" in option:
-        raise UsageError(f"--artifacts {option}: use a folder path or s3://BUCKET[/PREFIX]")
     path = Path(option).expanduser().resolve() if option else run_dir / "artifacts"
-    if option and not path.parent.is_dir():
-        raise UsageError(f"--artifacts {path}: its parent folder does not exist; create it or use another path")
-    path.mkdir(parents=True, exist_ok=True)
+    make_dir(path, "--artifacts")
     return FileSystemArtifactStore(str(path)), str(path), option is not None
 
 

@@ -51,8 +51,10 @@ def default_storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
-def make_storage(url: str, *, heartbeat: bool = True) -> Any:
+def make_storage(url: str, *, heartbeat: bool = True, must_exist: bool = False) -> Any:
     """An Optuna RDB storage with heartbeats and stale-trial retries.
+
+    ``must_exist``: a SQLite file must be there already (reading a run must not leave an empty database behind).
 
     Raises:
         StorageError: the URL is malformed, its driver is missing, or the database cannot be reached.
@@ -69,6 +71,8 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
         if path and path != ":memory:" and not Path(path).expanduser().resolve().parent.is_dir():
             raise StorageError(f"--storage {url}: folder {Path(path).parent} does not exist; create it or use another "
                                "path")
+        if must_exist and path and path != ":memory:" and not Path(path).expanduser().is_file():
+            raise StorageError(f"--storage {url}: no study database there; pass the --storage the study ran on")
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD}
