@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,7 +235,7 @@ def iter_items(predictor: Predictor, inputs: list[str], stdin: TextIO) -> Iterat
 
 
 def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
-    from automl_ft.data.tables import read_table
+    from automl_ft.data.tables import check_plain, read_table
 
     df = read_table(path)
     cols = list(df.columns)
@@ -245,6 +246,7 @@ def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
         else:
             raise DataError(f"{path}: no text column {record.get('text_column') or 'text'!r} (columns: "
                             f"{', '.join(cols[:10])}); name the column like the training data")
+    check_plain(df, path, text_col)
     label_col = record.get("label_column") if record.get("label_column") in cols else (
         "label" if "label" in cols else None)
     labels = df[label_col].tolist() if label_col else [None] * len(df)
@@ -342,6 +344,8 @@ def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size
     _check_inputs(predictor, inputs)
     top_k = min(top_k, len(predictor.labels))
     failed = total = correct = labelled = 0
+    known = set(predictor.labels)
+    unknown: Counter[str] = Counter()  # true labels that are none of the model's classes: not scored
     for result in predict_items(predictor, iter_items(predictor, inputs, stdin), batch_size=batch_size,
                                 top_k=top_k):
         stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -351,11 +355,18 @@ def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size
         if "error" in result:
             failed += 1
         elif "true_label" in result:
+            if result["true_label"] not in known:
+                unknown[result["true_label"]] += 1
+                continue
             labelled += 1
             correct += int(result["label"] == result["true_label"])
     stdout.flush()
     if labelled:
         stderr.write(f"accuracy {100 * correct / labelled:.2f}% on {labelled} labelled inputs\n")
+    if unknown:
+        shown = ", ".join(repr(k) for k, _ in unknown.most_common(5))
+        stderr.write(f"note: {sum(unknown.values())} inputs have labels that are none of the model's classes "
+                     f"({shown}); they are not scored\n")
     if failed:
         stderr.write(f"error: {failed} of {total} inputs could not be classified (see their \"error\" fields); "
                      "fix or remove them\n")

@@ -121,6 +121,18 @@ def test_labelled_table_reports_accuracy_and_empty_rows_fail(text_model, tmp_pat
     assert "accuracy" in err and "1 of 3 inputs could not be classified" in err
 
 
+def test_labels_outside_the_models_classes_are_not_scored(text_model, tmp_path):
+    labels = json.loads((text_model / "labels.json").read_text())
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                             for t, y in zip(TEXTS[:3], [labels[0], "0", "0"])))
+    rc, rows, err = _run(text_model, [str(table)])
+    assert rc == 0 and len(rows) == 3
+    correct = int(rows[0]["label"] == labels[0])
+    assert f"accuracy {100 * correct:.2f}% on 1 labelled inputs" in err
+    assert "2 inputs have labels that are none of the model's classes ('0')" in err
+
+
 def test_folder_is_recursive_in_sorted_order_and_a_corrupt_image_fails_alone(image_model, image_folder, tmp_path):
     folder = tmp_path / "imgs"
     shutil.copytree(image_folder, folder)

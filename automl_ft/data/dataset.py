@@ -12,7 +12,7 @@ from automl_ft.errors import DataError
 from .cleaning import dedupe
 from .images import check_images, is_image, list_images, require_folder, scan_class_folders, split_folders
 from .split import stratified_split
-from .tables import choose_columns, read_table, table_format
+from .tables import check_plain, choose_columns, read_table, table_format
 from .types import IMAGE, TASKS, TEXT, LabeledData, Split
 
 # More unreadable images or empty rows than this is a broken data set, not noise to drop quietly.
@@ -92,6 +92,7 @@ def _read_text(path: Path, text_column: str | None, label_column: str | None
     for split, file in files.items():
         df = read_table(file)
         text_col, label_col = choose_columns(df, file, text_column, label_column)
+        check_plain(df, file, text_col, label_col)
         chosen = chosen or (text_col, label_col)
         total += len(df)
         for text, label in zip(df[text_col].tolist(), df[label_col].tolist()):

@@ -32,9 +32,7 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: unknown table type {path.suffix!r}; use .csv, .tsv, .jsonl or .parquet")
     try:
         if fmt == "parquet":
-            df = pd.read_parquet(path)
-            df = df.astype(object).where(df.notna(), "")
-            df = df.map(lambda v: v if isinstance(v, str) else str(v))
+            df = _as_strings(pd.read_parquet(path))
         else:
             raw = path.read_bytes()
             try:
@@ -46,9 +44,7 @@ def read_table(path: Path) -> pd.DataFrame:
             if not text.strip():
                 raise DataError(f"{path}: the file is empty; it needs a header row and labeled rows")
             if fmt == "jsonl":
-                df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
-                df = df.astype(object).where(df.notna(), "")
-                df = df.map(lambda v: v if isinstance(v, str) else str(v))
+                df = _as_strings(pd.DataFrame.from_records(_jsonl_records(path, text)))
             else:
                 df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
                                  keep_default_na=False, na_filter=False)
@@ -61,6 +57,45 @@ def read_table(path: Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{path}: no data rows; it needs labeled rows under a header")
     return df
+
+
+def _jsonl_records(path: Path, text: str) -> list[dict]:
+    """One JSON object per line (blank lines skipped); a bad line is named by its number."""
+    import json
+
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {number} is not valid JSON ({e.msg}, column {e.colno}); fix or remove "
+                            "it") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {number} is a JSON {type(record).__name__}, not an object; each line "
+                            "needs an object with a text and a label field")
+        records.append(record)
+    return records
+
+
+def _as_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as a string, missing ones empty; columns holding objects or lists are listed in
+    ``df.attrs["structured"]``, since their str() would pass for text (see :func:`check_plain`)."""
+    structured = [str(c) for c in df.columns
+                  if any(isinstance(v, (dict, list, tuple)) or getattr(v, "ndim", 0) > 0 for v in df[c].tolist())]
+    df = df.astype(object).where(df.notna(), "")
+    df = df.map(lambda v: v if isinstance(v, str) else str(v))
+    df.attrs["structured"] = structured
+    return df
+
+
+def check_plain(df: pd.DataFrame, path: Path, *columns: str) -> None:
+    """Refuse a text or label column of JSON objects or lists (JSONL, Parquet)."""
+    for col in columns:
+        if col in df.attrs.get("structured", ()):
+            raise DataError(f"{path}: column {col!r} holds objects or lists, not plain values; flatten it "
+                            "into text or numbers (or pass --text-column/--label-column)")
 
 
 def _match(columns: list[str], wanted: str) -> str | None:

@@ -51,6 +51,36 @@ def test_other_table_formats(tmp_path, fmt):
     assert data.num_classes == 3 and len(data.train) + len(data.val) + len(data.test) == 30
 
 
+def test_jsonl_lines_are_checked_one_by_one(tmp_path):
+    lines = [json.dumps({"text": t, "label": y}) for t, y in make_text_rows(10)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")  # a blank line is skipped
+    assert load_dataset(path).num_classes == 3
+    path.write_text("\n".join(lines[:4] + ['{"text": "cut off'] + lines[4:]) + "\n")
+    with pytest.raises(DataError, match=r"line 5 is not valid JSON"):
+        load_dataset(path)
+    path.write_text("\n".join(lines[:2] + ['["a", "list"]']) + "\n")
+    with pytest.raises(DataError, match=r"line 3 is a JSON list, not an object"):
+        load_dataset(path)
+
+
+@pytest.mark.parametrize("fmt,column", [("jsonl", "text"), ("parquet", "label")])
+def test_object_or_list_columns_are_not_text(tmp_path, fmt, column):
+    """str() of a dict or list would pass for text or a label: refused, naming the column."""
+    import pandas as pd
+
+    rows = [{"text": t, "label": y} for t, y in make_text_rows(10)]
+    for r in rows:
+        r[column] = {"nested": r[column]} if fmt == "jsonl" else [r[column]]
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    with pytest.raises(DataError, match=rf"column '{column}' holds objects or lists"):
+        load_dataset(path)
+
+
 def test_label_column_is_detected_when_unambiguous(tmp_path):
     data = load_dataset(write_csv(tmp_path / "t.csv", make_text_rows(10), header=("text", "category")))
     assert data.summary["columns"] == {"text": "text", "label": "category"}
