@@ -70,6 +70,7 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
                                    if isinstance(v, int) and v) or "nothing"),
         f"- Split: {data_summary.get('split')}; sizes "
         + ", ".join(f"{k} {v}" for k, v in data_summary.get("split_sizes", {}).items()),
+        *(f"- Warning: {w}" for w in data_summary.get("warnings", [])),
         "",
         "## Chosen configuration",
         "",

@@ -184,6 +184,8 @@ def run_tune(opts: TuneOptions) -> int:
     say(f"Study {study_name!r} ({redact_url(url)}): {done} of {opts.trials} trials done, {remaining} to run on "
         f"{device.type}; data {data.task}, {data.num_classes} classes, "
         f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test.")
+    for warning in data.summary.get("warnings", []):
+        say(f"Warning: {warning}.")
     deadline = started + opts.timeout if opts.timeout else None
     caches = Caches()
     timed_out = False

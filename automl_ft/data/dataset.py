@@ -219,4 +219,9 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
         "class_counts": {c: {"train": a, "val": b, "test": t} for c, a, b, t in
                          zip(classes, train.counts(n_classes), val.counts(n_classes), test.counts(n_classes))},
     }
+    unmeasured = [c for c, n in summary["class_counts"].items() if not n["val"] or not n["test"]]
+    if unmeasured:  # too rare to reach every split: trained on, but early stopping and the test cannot see them
+        summary["warnings"] = [f"{len(unmeasured)} class(es) missing from val or test, too few examples to split "
+                               f"({', '.join(repr(c) for c in unmeasured[:5])}): their accuracy is not measured; "
+                               "add examples or give the splits"]
     return LabeledData(task, classes, train, val, test, str(path.resolve()), summary, digest.hexdigest()[:16])

@@ -210,3 +210,11 @@ def test_stratified_split_sizes_and_coverage():
         assert {labels[i] for i in part} == {0, 1, 2}
     assert len(val) == 7  # 5 + 1 + 1
     assert stratified_split(labels, [0.8, 0.1, 0.1], seed=3) == [train, val, test]
+
+
+def test_a_class_too_rare_for_every_split_is_kept_with_a_warning(tmp_path):
+    rows = make_text_rows(10) + [("a lonely message about chess", "chess")]
+    data = load_dataset(write_csv(tmp_path / "t.csv", rows))
+    assert "chess" in data.classes and data.summary["class_counts"]["chess"] == {"train": 1, "val": 0, "test": 0}
+    assert len(data.summary["warnings"]) == 1 and "'chess'" in data.summary["warnings"][0]
+    assert "warnings" not in load_dataset(write_csv(tmp_path / "ok.csv", make_text_rows(10))).summary
