@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from automl_ft import __version__
 from automl_ft.errors import AutomlError
 
-BENCHES = ("lora", "adamw", "onnx")
+BENCHES = ("lora", "adamw", "onnx", "train")
 
 
 class _Parser(argparse.ArgumentParser):
