@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", metavar="URL", help="storage URL, needed when run.json hides its password")
     r.add_argument("--out", metavar="DIR", help="folder for the plots and index.html (default: RUN_DIR/report)")
 
-    b = sub.add_parser("bench", help="benchmarks: kernels against PyTorch/PEFT, ONNX Runtime against PyTorch")
+    b = sub.add_parser("bench", help="benchmarks: kernels and a training step against PyTorch/PEFT, ONNX Runtime "
+                                     "against PyTorch")
     b.add_argument("name", choices=BENCHES)
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see its --help)")
     return parser
