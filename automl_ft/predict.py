@@ -235,11 +235,15 @@ def iter_items(predictor: Predictor, inputs: list[str], stdin: TextIO) -> Iterat
 
 
 def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
-    from automl_ft.data.tables import check_plain, read_table
+    from automl_ft.data.tables import check_plain, match_column, read_table
 
     df = read_table(path)
     cols = list(df.columns)
-    text_col = record.get("text_column") if record.get("text_column") in cols else ("text" if "text" in cols else None)
+
+    def find(trained: str | None, default: str) -> str | None:  # the rule tune used to pick the columns
+        return (match_column(cols, trained) if trained else None) or match_column(cols, default)
+
+    text_col = find(record.get("text_column"), "text")
     if text_col is None:
         if len(cols) == 1:
             text_col = cols[0]
@@ -247,8 +251,7 @@ def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
             raise DataError(f"{path}: no text column {record.get('text_column') or 'text'!r} (columns: "
                             f"{', '.join(cols[:10])}); name the column like the training data")
     check_plain(df, path, text_col)
-    label_col = record.get("label_column") if record.get("label_column") in cols else (
-        "label" if "label" in cols else None)
+    label_col = find(record.get("label_column"), "label")
     labels = df[label_col].tolist() if label_col else [None] * len(df)
     for i, (text, label) in enumerate(zip(df[text_col].tolist(), labels)):
         text = str(text)

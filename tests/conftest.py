@@ -99,6 +99,23 @@ def make_image_folder(root: pathlib.Path, n_per_class: int = 12, size: int = 20,
     return root
 
 
+def make_png(width: int, height: int, rows: bytes | None = None) -> bytes:
+    """A 1-bit greyscale PNG of any size, built by hand so a 10000x10000 one costs nothing to make.
+
+    ``rows``: the raw scanlines (a filter byte and ``ceil(width / 8)`` bytes each); None writes a short, truncated
+    stream, enough for PIL's ``Image.open``, which reads only the header (and checks its pixel limit there).
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = rows if rows is not None else b"\x00" * 64
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> pathlib.Path:
     return make_image_folder(tmp_path / "images")

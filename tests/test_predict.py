@@ -241,3 +241,23 @@ def test_cpu_provider_and_threads(text_model):
     predictor = Predictor(text_model, provider="cpu", threads=1)
     assert predictor.session.get_providers() == ["CPUExecutionProvider"]
     assert predictor.session.get_session_options().intra_op_num_threads == 1
+
+
+@pytest.mark.parametrize("header,record", [
+    ("Text,LABEL", {"text_column": "text", "label_column": "label"}),
+    (" Body ,Category", {"text_column": "body", "label_column": "category"}),
+    ("TEXT,Label", {}),  # a model record without column names: the defaults, by the same rule
+])
+def test_table_columns_are_matched_by_tunes_rule(tmp_path, header, record):
+    """tune read ``Text``/``LABEL`` as the text and label columns; predict asked for them exactly and refused the
+    same table. Both use ``tables.match_column`` now."""
+    from automl_ft.data.tables import choose_columns, read_table
+    from automl_ft.predict import _table_items
+
+    table = tmp_path / "t.csv"
+    table.write_text(f"{header}\nhello there,ham\nwin a prize,spam\n")
+    items = list(_table_items(table, record))
+    assert [(it.payload, it.true_label) for it in items] == [("hello there", "ham"), ("win a prize", "spam")]
+    df = read_table(table)
+    tune_columns = choose_columns(df, table, record.get("text_column"), record.get("label_column"))
+    assert [df[c].tolist()[0] for c in tune_columns] == ["hello there", "ham"]  # the same columns tune picks

@@ -48,3 +48,41 @@ def dedupe(keys: Sequence[str], labels: Sequence[str], splits: Sequence[str] | N
         keep.append(i)
     keep.sort()
     return keep, dropped
+
+
+# Cells that mean "no value": a missing float printed by pandas or NumPy ("nan", "NaN", "<NA>"). Words such as
+# "None", "NA" or "null" stay labels: they are plausible class names ("no entity", "not applicable").
+MISSING_LABELS = {"", "nan", "-nan", "<na>"}
+# More distinct numeric labels than this looks like a measured quantity, not class ids (ratings 1-10, digit
+# classes 0-9 and most coded categories stay below it).
+NUMERIC_TARGET_DISTINCT = 20
+
+
+def is_missing_label(label: str) -> bool:
+    """True for an empty or NaN label: a row without a label, never a class of its own."""
+    return label.strip().lower() in MISSING_LABELS
+
+
+def case_collisions(labels: Sequence[str]) -> list[list[str]]:
+    """Groups of distinct labels that differ only in case or surrounding spaces (``Spam``/``spam``)."""
+    groups: dict[str, set[str]] = defaultdict(set)
+    for y in labels:
+        groups[y.strip().casefold()].add(y)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def numeric_target(labels: Sequence[str]) -> int | None:
+    """The number of distinct labels when every label is a finite number and there are more than
+    :data:`NUMERIC_TARGET_DISTINCT` of them (a regression target read as classes), else None."""
+    import math
+
+    distinct = set(labels)
+    if len(distinct) <= NUMERIC_TARGET_DISTINCT:
+        return None
+    for y in distinct:
+        try:
+            if not math.isfinite(float(y)):
+                return None
+        except ValueError:
+            return None
+    return len(distinct)

@@ -9,10 +9,10 @@ from typing import Any
 
 from automl_ft.errors import DataError
 
-from .cleaning import dedupe
+from .cleaning import case_collisions, dedupe, is_missing_label, numeric_target
 from .images import check_images, is_image, list_images, require_folder, scan_class_folders, split_folders
 from .split import stratified_split
-from .tables import check_plain, choose_columns, read_table, table_format
+from .tables import SEPARATORS, check_plain, choose_columns, read_table, table_format
 from .types import IMAGE, TASKS, TEXT, LabeledData, Split
 
 # More unreadable images or empty rows than this is a broken data set, not noise to drop quietly.
@@ -89,8 +89,14 @@ def _read_text(path: Path, text_column: str | None, label_column: str | None
     splits: list[str] = []
     empty = missing_label = total = 0
     chosen: tuple[str, str] | None = None
+    warnings: list[str] = []
     for split, file in files.items():
         df = read_table(file)
+        sep = df.attrs.get("separator")
+        if sep:
+            expected = "\t" if table_format(file) == "tsv" else ","
+            warnings.append(f"{file.name} is separated by {SEPARATORS[sep]}, not {SEPARATORS[expected]}; read it "
+                            "that way")
         text_col, label_col = choose_columns(df, file, text_column, label_column)
         check_plain(df, file, text_col, label_col)
         chosen = chosen or (text_col, label_col)
@@ -100,7 +106,7 @@ def _read_text(path: Path, text_column: str | None, label_column: str | None
             if not text:
                 empty += 1
                 continue
-            if not label:
+            if is_missing_label(label):  # "nan" is a missing float, not a class
                 missing_label += 1
                 continue
             inputs.append(text)
@@ -108,13 +114,21 @@ def _read_text(path: Path, text_column: str | None, label_column: str | None
             splits.append(split)
     assert chosen is not None
     if not inputs:
-        raise DataError(f"{path}: every row has an empty text in column {chosen[0]!r} or an empty label in "
+        raise DataError(f"{path}: every row has an empty text in column {chosen[0]!r} or an empty/NaN label in "
                         f"{chosen[1]!r}; pass the right --text-column/--label-column")
     bad = empty + missing_label
     if bad > MAX_BAD_FRACTION * total:
-        raise DataError(f"{path}: {bad} of {total} rows have an empty text ({empty}) or label ({missing_label}) in "
-                        f"columns {chosen[0]!r}/{chosen[1]!r}; fill or remove them, or pick other columns")
-    raw = {"inputs": inputs, "keys": inputs, "labels": labels, "splits": splits,
+        raise DataError(f"{path}: {bad} of {total} rows have an empty text ({empty}) or an empty/NaN label "
+                        f"({missing_label}) in columns {chosen[0]!r}/{chosen[1]!r}; fill or remove them, or pick other "
+                        "columns")
+    if missing_label:
+        warnings.append(f"{missing_label} row(s) with an empty or NaN label in column {chosen[1]!r} dropped as "
+                        "missing")
+    distinct = numeric_target(labels)
+    if distinct:
+        warnings.append(f"label column {chosen[1]!r} looks like a numeric target ({distinct} distinct values); "
+                        f"automl-ft classifies it as {distinct} classes, regression is not supported yet")
+    raw = {"inputs": inputs, "keys": inputs, "labels": labels, "splits": splits, "warnings": warnings,
            "given_splits": sorted(files), "files": {k: str(v) for k, v in files.items()}}
     return raw, {"empty_text": empty, "missing_label": missing_label}, {"text": chosen[0], "label": chosen[1]}
 
@@ -141,9 +155,13 @@ def _read_images(path: Path) -> tuple[dict[str, list], dict[str, Any], dict[str,
         first = "; ".join(f"{p.name}: {r}" for p, r in bad[:3])
         raise DataError(f"{path}: {len(bad)} of {len(paths)} images cannot be read ({first}); remove or re-save them")
     ok = [i for i, r in enumerate(reasons) if r is None]
+    warnings = []
+    if bad:  # one line naming the files, whatever PIL said about them (a decompression bomb, a truncated file)
+        shown = "; ".join(f"{p}: {r}" for p, r in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        warnings.append(f"{len(bad)} unreadable image(s) skipped ({shown})")
     raw = {"inputs": [str(paths[i].resolve()) for i in ok], "keys": [keys[i] for i in ok],
            "labels": [labels[i] for i in ok], "splits": [splits[i] for i in ok], "given_splits": sorted(folders),
-           "files": {k: str(v) for k, v in folders.items()}}
+           "files": {k: str(v) for k, v in folders.items()}, "warnings": warnings}
     dropped = {"unreadable_images": len(bad), "unreadable_examples": [f"{p}: {r}" for p, r in bad[:20]],
                "loose_images_ignored": loose}
     return raw, dropped, {}
@@ -152,6 +170,14 @@ def _read_images(path: Path) -> tuple[dict[str, list], dict[str, Any], dict[str,
 def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any], columns: dict[str, str],
               seed: int, val_fraction: float, test_fraction: float) -> LabeledData:
     splits_given = raw["given_splits"]
+    warnings = list(raw.get("warnings", []))
+    collisions = case_collisions(raw["labels"])
+    if collisions:  # two classes to the model, and neither gets the other's examples
+        shown = ", ".join("/".join(repr(y) for y in g) for g in collisions[:5]) + (" ..." if len(collisions) > 5
+                                                                                   else "")
+        what = "labels" if task == TEXT else "class folders"
+        warnings.append(f"{len(collisions)} group(s) of {what} differ only in case ({shown}) and are trained as "
+                        "separate classes; rename them to one spelling if they are the same class")
     keep, dup = dedupe(raw["keys"], raw["labels"], raw["splits"])
     dropped.update(dup)
     inputs = [raw["inputs"][i] for i in keep]
@@ -221,7 +247,9 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
     }
     unmeasured = [c for c, n in summary["class_counts"].items() if not n["val"] or not n["test"]]
     if unmeasured:  # too rare to reach every split: trained on, but early stopping and the test cannot see them
-        summary["warnings"] = [f"{len(unmeasured)} class(es) missing from val or test, too few examples to split "
-                               f"({', '.join(repr(c) for c in unmeasured[:5])}): their accuracy is not measured; "
-                               "add examples or give the splits"]
+        warnings.append(f"{len(unmeasured)} class(es) missing from val or test, too few examples to split "
+                        f"({', '.join(repr(c) for c in unmeasured[:5])}): their accuracy is not measured; "
+                        "add examples or give the splits")
+    if warnings:
+        summary["warnings"] = warnings
     return LabeledData(task, classes, train, val, test, str(path.resolve()), summary, digest.hexdigest()[:16])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _check_image(path: Path) -> tuple[str | None, str | None]:
     """(sha1 of the bytes, None) for a readable image, (None, reason) otherwise."""
     from PIL import Image, UnidentifiedImageError
 
+    bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
         data = path.read_bytes()
         if not data:
@@ -74,6 +76,8 @@ def _check_image(path: Path) -> tuple[str | None, str | None]:
             im.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale; enough to prove the data decodes
             im.load()
         return digest, None
+    except bombs as e:  # PIL's message: "Image size (N pixels) exceeds limit of M pixels, could be ..."
+        return None, f"decompression bomb, skipped ({str(e).split(', could')[0]})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return None, (str(e).splitlines()[0] if str(e) else type(e).__name__)[:120]
     except Exception as e:  # PIL raises a zoo of errors on corrupt data; none of them may crash the run
@@ -81,9 +85,19 @@ def _check_image(path: Path) -> tuple[str | None, str | None]:
 
 
 def check_images(paths: list[Path]) -> tuple[list[str | None], list[str | None]]:
-    """Hash and decode-check every image (threads: reading and zlib release the GIL)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(_check_image, paths, chunksize=64))
+    """Hash and decode-check every image (threads: reading and zlib release the GIL).
+
+    An image over PIL's ``MAX_IMAGE_PIXELS`` (89 M pixels) only *warns* when opened and then decodes in full
+    (hundreds of MB per image, again at every epoch); the warning is made an error here so such an image is
+    skipped like any unreadable one. The filter is process-wide (Python 3.11's warnings state is not per
+    thread), so it is set once around the whole pool rather than inside each worker.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(_check_image, paths, chunksize=64))
     return [r[0] for r in results], [r[1] for r in results]
 
 

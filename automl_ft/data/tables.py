@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,8 +48,7 @@ def read_table(path: Path) -> pd.DataFrame:
             if fmt == "jsonl":
                 df = _as_strings(pd.DataFrame.from_records(_jsonl_records(path, text)))
             else:
-                df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
-                                 keep_default_na=False, na_filter=False)
+                df = _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
     except DataError:
         raise
     except (ValueError, pd.errors.ParserError, OSError, ImportError) as e:
@@ -56,6 +57,98 @@ def read_table(path: Path) -> pd.DataFrame:
     df.columns = [str(c) for c in df.columns]
     if len(df) == 0:
         raise DataError(f"{path}: no data rows; it needs labeled rows under a header")
+    return df
+
+
+# Separators tried when a .csv/.tsv does not parse cleanly with its own: a ';'-separated "CSV" is what Excel
+# writes in locales with a decimal comma, and tab-separated data is often saved as .csv.
+SEPARATORS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "'|'"}
+# Records looked at to decide the separator: enough to see a consistent field count, cheap on a 1M-row file.
+SNIFF_RECORDS = 50
+# Python's csv module refuses fields over 128 KiB by default; a long document in one cell is legitimate text.
+csv.field_size_limit(2**31 - 1)
+
+
+def _records(text: str, sep: str):
+    """``(first line, fields)`` of every non-blank record (quoted fields may span lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    start = 1
+    for row in reader:
+        first, start = start, reader.line_num + 1
+        if row and not (len(row) == 1 and not row[0].strip()):  # blank lines are skipped, as pandas does
+            yield first, row
+
+
+def _consistent(text: str, sep: str) -> bool:
+    """True when ``sep`` splits the header into at least two fields and the first records into as many."""
+    sample = list(itertools.islice(_records(text, sep), SNIFF_RECORDS))
+    return bool(sample) and len(sample[0][1]) >= 2 and all(len(r) == len(sample[0][1]) for _, r in sample)
+
+
+def sniff_separator(text: str, expected: str) -> str:
+    """The separator of a delimited text: ``expected`` (``,`` for .csv, tab for .tsv) unless it gives an
+    inconsistent field count where another of :data:`SEPARATORS` gives a consistent one of at least two fields.
+
+    A consistency test rather than ``csv.Sniffer``'s character statistics, which pick a space for the SMS spam
+    set saved with ``;`` (its texts hold more spaces than separators); a field count that matches the header on
+    every record does not happen by accident, and the extension's separator wins whenever it works.
+    """
+    if _consistent(text, expected):
+        return expected
+    for sep in SEPARATORS:
+        if sep != expected and _consistent(text, sep):
+            return sep
+    return expected
+
+
+def _unique_names(header: list[str]) -> list[str]:
+    """pandas' column names for a header: empty ones ``Unnamed: i``, repeats ``name.1``, ``name.2``..."""
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header):
+        name = name or f"Unnamed: {i}"
+        base = name
+        while name in seen:
+            seen[base] += 1
+            name = f"{base}.{seen[base]}"
+        seen[name] = 0
+        out.append(name)
+    return out
+
+
+def _read_delimited(path: Path, text: str, expected: str) -> pd.DataFrame:
+    """A CSV/TSV as strings, every record checked against the header's field count.
+
+    pandas turned a row with one extra field into an index (the text column then held the second field) and
+    filled a short row with empty cells; both are refused here, naming the first bad lines.
+    ``df.attrs["separator"]`` records the separator used when it is not the extension's.
+    """
+    import pandas as pd
+
+    sep = sniff_separator(text, expected)
+    records = _records(text, sep)
+    try:
+        first = next(records, None)
+        if first is None:
+            raise DataError(f"{path}: the file is empty; it needs a header row and labeled rows")
+        header = first[1]
+        rows: list[list[str]] = []
+        bad: list[int] = []
+        for line, row in records:
+            if len(row) != len(header):
+                bad.append(line)
+            else:
+                rows.append(row)
+    except csv.Error as e:  # rare without strict mode; its message says what broke
+        raise DataError(f"{path}: cannot read it as CSV ({e}); check the file's quoting") from None
+    if bad:
+        lines = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        raise DataError(f"{path}: {len(bad)} row(s) have a different number of fields than the header's "
+                        f"{len(header)} (line {lines}); quote fields that contain {SEPARATORS[sep]}, close every "
+                        "quote, or fix those rows")
+    df = pd.DataFrame(rows, columns=_unique_names(header), dtype=object)
+    if sep != expected:
+        df.attrs["separator"] = sep
     return df
 
 
@@ -98,7 +191,10 @@ def check_plain(df: pd.DataFrame, path: Path, *columns: str) -> None:
                             "into text or numbers (or pass --text-column/--label-column)")
 
 
-def _match(columns: list[str], wanted: str) -> str | None:
+def match_column(columns: list[str], wanted: str) -> str | None:
+    """The column called ``wanted``: exactly, else the one equal to it ignoring case and surrounding spaces
+    (``Text`` for ``text``); None when there is none or more than one. ``tune`` and ``predict`` both use it, so
+    a table that trains also predicts."""
     if wanted in columns:
         return wanted
     folded = [c for c in columns if c.strip().lower() == wanted.strip().lower()]
@@ -119,13 +215,13 @@ def choose_columns(df: pd.DataFrame, path: Path, text_column: str | None, label_
     shown = ", ".join(cols[:12]) + (" ..." if len(cols) > 12 else "")
 
     def explicit(name: str, flag: str) -> str:
-        found = _match(cols, name)
+        found = match_column(cols, name)
         if found is None:
             raise DataError(f"{path}: no column {name!r} (columns: {shown}); pass {flag} with one of them")
         return found
 
-    text = explicit(text_column, "--text-column") if text_column else _match(cols, "text")
-    label = explicit(label_column, "--label-column") if label_column else _match(cols, "label")
+    text = explicit(text_column, "--text-column") if text_column else match_column(cols, "text")
+    label = explicit(label_column, "--label-column") if label_column else match_column(cols, "label")
     if text is not None and label is not None and text == label:
         raise DataError(f"{path}: the text and label columns are both {text!r}; pass different --text-column and "
                         "--label-column")

@@ -9,7 +9,7 @@ import pytest
 from automl_ft.data import IMAGE, TEXT, load_dataset
 from automl_ft.data.split import stratified_split
 from automl_ft.errors import DataError
-from tests.conftest import make_image_folder, make_text_rows, write_csv
+from tests.conftest import make_image_folder, make_png, make_text_rows, write_csv
 
 
 def test_csv_is_cleaned_and_split(tmp_path):
@@ -218,3 +218,118 @@ def test_a_class_too_rare_for_every_split_is_kept_with_a_warning(tmp_path):
     assert "chess" in data.classes and data.summary["class_counts"]["chess"] == {"train": 1, "val": 0, "test": 0}
     assert len(data.summary["warnings"]) == 1 and "'chess'" in data.summary["warnings"][0]
     assert "warnings" not in load_dataset(write_csv(tmp_path / "ok.csv", make_text_rows(10))).summary
+
+
+# ------------------------------------------------------------------------------------- data that looks wrong
+
+
+def test_rows_with_the_wrong_number_of_fields_are_an_error_naming_their_lines(tmp_path):
+    """pandas made the first field of a long row the index (the text column then held the label) and padded a
+    short row with empty cells; both are refused, naming the lines."""
+    good = "".join(f"{t},{y}\n" for t, y in make_text_rows(10))
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nhello there,food,extra\n" + good)
+    with pytest.raises(DataError, match=r"1 row\(s\) have a different number of fields than the header's 2 "
+                                        r"\(line 2\); quote fields that contain commas"):
+        load_dataset(path)
+    path.write_text("text,label\n" + good + "only a text\n" + good + "a,b,c,d\n")
+    with pytest.raises(DataError, match=r"2 row\(s\) .* \(line 32, 63\)"):
+        load_dataset(path)
+    many = "text,label\n" + good + "x,y,z\n" * 7
+    path.write_text(many)
+    with pytest.raises(DataError, match=r"7 row\(s\) .* \(line 32, 33, 34, 35, 36 \.\.\.\)"):
+        load_dataset(path)
+
+
+def test_quoted_fields_may_hold_separators_and_newlines(tmp_path):
+    rows = make_text_rows(10) + [("pizza, pasta\nand then\nsoup", "food")]
+    path = write_csv(tmp_path / "t.csv", rows)
+    path.write_text(path.read_text() + "bad,row,here\n")  # the line count after a multi-line field is right
+    with pytest.raises(DataError, match=r"\(line 35\)"):
+        load_dataset(path)
+    data = load_dataset(write_csv(tmp_path / "ok.csv", rows))
+    assert "pizza, pasta\nand then\nsoup" in data.train.inputs + data.val.inputs + data.test.inputs
+
+
+@pytest.mark.parametrize("sep,suffix,name", [(";", "csv", "semicolons"), ("\t", "csv", "tabs"),
+                                             (",", "tsv", "commas"), ("|", "csv", "'|'")])
+def test_a_file_separated_by_another_character_is_detected(tmp_path, sep, suffix, name):
+    rows = [(t + ", ok" if sep != "," else t, y) for t, y in make_text_rows(10)]  # commas in texts do not fool it
+    data = load_dataset(write_csv(tmp_path / f"t.{suffix}", rows, sep=sep))
+    assert data.summary["columns"] == {"text": "text", "label": "label"} and data.num_classes == 3
+    expected = "tabs" if suffix == "tsv" else "commas"
+    assert data.summary["warnings"] == [f"t.{suffix} is separated by {name}, not {expected}; read it that way"]
+
+
+def test_semicolons_inside_a_comma_file_stay_text(tmp_path):
+    rows = [(f"{t}; and; more", y) for t, y in make_text_rows(10)]
+    data = load_dataset(write_csv(tmp_path / "t.csv", rows))
+    assert all(";" in t for t in data.train.inputs) and "warnings" not in data.summary
+
+
+def test_nan_and_empty_labels_are_missing_with_a_warning(tmp_path):
+    rows = make_text_rows(20) + [("a text without label", "nan"), ("another one", "NaN"), ("and a third", " ")]
+    data = load_dataset(write_csv(tmp_path / "t.csv", rows))
+    assert data.classes == ["food", "sports", "weather"]  # no class "nan"
+    assert data.summary["dropped"]["missing_label"] == 3 and data.summary["examples_read"] == 63
+    assert data.summary["warnings"] == ["3 row(s) with an empty or NaN label in column 'label' dropped as missing"]
+    many = make_text_rows(10) + [(f"text {i}", "nan") for i in range(5)]
+    with pytest.raises(DataError, match=r"5 of 35 rows have an empty text \(0\) or an empty/NaN label \(5\)"):
+        load_dataset(write_csv(tmp_path / "many.csv", many))
+
+
+def test_nan_labels_in_jsonl_and_parquet_are_missing(tmp_path):
+    import pandas as pd
+
+    rows = [{"text": t, "label": y} for t, y in make_text_rows(20)] + [{"text": "no label", "label": float("nan")}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # writes NaN, as pandas does
+    for name in ("t.parquet", "t.jsonl"):
+        data = load_dataset(tmp_path / name)
+        assert data.num_classes == 3 and data.summary["dropped"]["missing_label"] == 1, name
+
+
+def test_labels_that_differ_only_in_case_warn(tmp_path):
+    rows = make_text_rows(20)
+    rows = [(t, "Food" if y == "food" and i % 2 else y) for i, (t, y) in enumerate(rows)]
+    data = load_dataset(write_csv(tmp_path / "t.csv", rows))
+    assert data.classes == ["Food", "food", "sports", "weather"]  # still separate: the warning says so
+    assert data.summary["warnings"] == [("1 group(s) of labels differ only in case ('Food'/'food') and are trained "
+                                         "as separate classes; rename them to one spelling if they are the same class")]
+
+
+def test_class_folders_that_differ_only_in_case_warn(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", n_per_class=6)
+    make_image_folder(root, n_per_class=6, classes=["Red"])  # grey pixels: other bytes than red/
+    data = load_dataset(root)
+    assert data.num_classes == 4
+    assert len(data.summary["warnings"]) == 1
+    assert "1 group(s) of class folders differ only in case ('Red'/'red')" in data.summary["warnings"][0]
+
+
+def test_a_numeric_label_column_with_many_values_suggests_regression(tmp_path):
+    rows = [(f"a flat with {i % 25} rooms, number {i}", f"{1000 + 37.5 * (i % 25):.1f}") for i in range(100)]
+    data = load_dataset(write_csv(tmp_path / "prices.csv", rows, header=("text", "price")))
+    assert data.summary["warnings"] == [("label column 'price' looks like a numeric target (25 distinct values); "
+                                         "automl-ft classifies it as 25 classes, regression is not supported yet")]
+    few = [(f"a review number {i}", str(i % 5 + 1)) for i in range(60)]  # star ratings: classes, no warning
+    assert "warnings" not in load_dataset(write_csv(tmp_path / "stars.csv", few)).summary
+
+
+def test_decompression_bombs_are_skipped_and_named(tmp_path, monkeypatch):
+    """Over PIL's pixel limit an image only *warned* and was then decoded in full (and kept for training); over
+    twice the limit it raised. Both are skipped now, counted as unreadable, one line naming the files."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 20x20 images pass; 40x40 warns; 50x50 raises
+    root = make_image_folder(tmp_path / "imgs", n_per_class=30)
+    row = b"\x00" + b"\x00" * 5  # one filter byte + 40 bits
+    (root / "red" / "warns.png").write_bytes(make_png(40, 40, row * 40))
+    (root / "red" / "raises.png").write_bytes(make_png(50, 50, (b"\x00" + b"\x00" * 7) * 50))
+    data = load_dataset(root)
+    assert data.summary["dropped"]["unreadable_images"] == 2
+    assert not any("warns.png" in p or "raises.png" in p for p in data.train.inputs + data.val.inputs)
+    examples = data.summary["dropped"]["unreadable_examples"]
+    assert all("decompression bomb, skipped (Image size (" in e for e in examples), examples
+    (warning,) = data.summary["warnings"]
+    assert warning.startswith("2 unreadable image(s) skipped (") and "raises.png" in warning and "warns.png" in warning
