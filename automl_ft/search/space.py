@@ -52,6 +52,13 @@ TRAINING_KEYS = {"weight_decay", "anchor_decay", "label_smoothing", "dropout", "
                  "warmup_ratio", "max_grad_norm", "patience", "head_lr_scale"}
 SAMPLER_KEYS = {"type", "n_startup_trials", "multivariate", "constant_liar", "seed_offset"}
 PRUNER_KEYS = {"type", "min_resource", "reduction_factor", "n_warmup_steps", "n_startup_trials"}
+# Scalar settings of the sampler and pruner sections: key -> (kind, low, high). Optuna rejects some of these
+# only when the study starts (a reduction factor of 1), others never (a negative warm-up), so they are checked
+# here, with the file and key in the message.
+SAMPLER_SPEC = {"n_startup_trials": ("int", 0, 100_000), "multivariate": ("bool", None, None),
+                "constant_liar": ("bool", None, None), "seed_offset": ("int", -(2**31), 2**31 - 1)}
+PRUNER_SPEC = {"min_resource": ("int", 1, 1000), "reduction_factor": ("int", 2, 100),
+               "n_warmup_steps": ("int", 0, 1000), "n_startup_trials": ("int", 0, 100_000)}
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
 
@@ -108,8 +115,10 @@ class _Ctx:
 
 
 def _param(ctx: _Ctx, key: str, raw: Any, *, kind: str | None = None, low: float | None = None,
-           high: float | None = None, choices: tuple | None = None, block_count: int | None = None) -> Param:
-    """Parse one value; ``kind`` forces int/float/str, ``low``/``high`` bound every value, ``choices`` restricts."""
+           high: float | None = None, choices: tuple | None = None, block_count: int | None = None,
+           backbone: str = "") -> Param:
+    """Parse one value; ``kind`` forces int/float/str, ``low``/``high`` bound every value, ``choices`` restricts;
+    ``block_count`` resolves ``N`` and bounds the value by ``backbone``'s block count."""
 
     def check_num(v: Any, what: str) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -126,7 +135,7 @@ def _param(ctx: _Ctx, key: str, raw: Any, *, kind: str | None = None, low: float
 
     def check_value(v: Any) -> Any:
         if block_count is not None:
-            v = _resolve_n(ctx, key, v, block_count)
+            v = _resolve_n(ctx, key, v, block_count, backbone)
         if kind in ("int", "float"):
             return check_num(v, "value")
         if kind == "str":
@@ -185,8 +194,21 @@ def _param(ctx: _Ctx, key: str, raw: Any, *, kind: str | None = None, low: float
     return Param("fixed", value=check_value(raw))
 
 
-def _resolve_n(ctx: _Ctx, key: str, v: Any, n: int) -> int:
-    """``N`` -> n, ``N-k`` -> n-k, ints clamp to n (a space shared by backbones of different depths)."""
+def _describe(p: Param) -> str:
+    if p.kind == "fixed":
+        return f"fixed at {p.value!r}"
+    if p.kind == "categorical":
+        return "one of " + ", ".join(map(repr, p.choices))
+    return f"{p.low:g} to {p.high:g}"
+
+
+def _resolve_n(ctx: _Ctx, key: str, v: Any, n: int, backbone: str = "") -> int:
+    """``N`` -> n, ``N-k`` -> max(0, n-k); an integer must be at most n.
+
+    An integer above the block count used to be clamped to it, so ``high: 12`` on a 6-layer model silently
+    searched a different range than the file says; ``N``/``N-k`` is the way to follow each backbone's depth.
+    ``N-k`` below zero is 0: "all but the top k blocks" of a shallower backbone is all of them trainable.
+    """
     if isinstance(v, str):
         s = v.replace(" ", "")
         if s == "N":
@@ -198,7 +220,10 @@ def _resolve_n(ctx: _Ctx, key: str, v: Any, n: int) -> int:
         raise ctx.fail(key, f"must be an integer, N or N-k, got {v!r}")
     if v < 0:
         raise ctx.fail(key, f"must be >= 0, got {v}")
-    return min(v, n)
+    if v > n:
+        raise ctx.fail(key, f"{v} is above the {n} blocks of {backbone or 'the backbone'}; use at most {n}, or N / "
+                       "N-k to follow each backbone's depth")
+    return v
 
 
 @dataclass
@@ -233,28 +258,42 @@ class SearchSpace:
         self.backbones = self._parse_backbones(ctx, raw, backbones, counter)
         self.adaptation = self._parse_adaptation(ctx, raw.get("adaptation"))
         self.training = self._parse_training(ctx, raw.get("training") or {})
-        self.sampler = self._parse_section(ctx, "sampler", raw.get("sampler") or {}, SAMPLER_KEYS)
-        self.pruner = self._parse_section(ctx, "pruner", raw.get("pruner") or {}, PRUNER_KEYS)
+        self.sampler = self._parse_section(ctx, "sampler", raw.get("sampler") or {}, SAMPLER_KEYS, SAMPLER_SPEC)
+        self.pruner = self._parse_section(ctx, "pruner", raw.get("pruner") or {}, PRUNER_KEYS, PRUNER_SPEC)
         if self.sampler.get("type", "tpe") not in SAMPLERS:
             raise ctx.fail("sampler.type", f"must be one of {', '.join(SAMPLERS)}")
         if self.pruner.get("type", "hyperband") not in PRUNERS:
             raise ctx.fail("pruner.type", f"must be one of {', '.join(PRUNERS)}")
+        min_resource = self.pruner.get("min_resource", 1)
+        if self.pruner.get("type", "hyperband") in ("hyperband", "successive_halving") and \
+                min_resource > self.max_epochs:
+            raise ctx.fail("pruner.min_resource", f"{min_resource} is above the most epochs a trial runs "
+                           f"(training.epochs: {self.max_epochs}); use at most {self.max_epochs}")
         first = raw.get("first_trial")
         if first is not None and not isinstance(first, dict):
             raise ctx.fail("first_trial", "must be a mapping of settings")
         self.first_trial = dict(first or {})
-        self._check_first_trial(ctx)
+        self._check_first_trial(ctx, overridden=bool(backbones))
 
     # ------------------------------------------------------------------------------------------------ parsing
 
     @staticmethod
-    def _parse_section(ctx: _Ctx, name: str, section: Any, keys: set[str]) -> dict[str, Any]:
+    def _parse_section(ctx: _Ctx, name: str, section: Any, keys: set[str],
+                       spec: dict[str, tuple[str, float | None, float | None]]) -> dict[str, Any]:
         if not isinstance(section, dict):
             raise ctx.fail(name, "must be a mapping")
         extra = set(section) - keys
         if extra:
             raise ctx.fail(f"{name}.{sorted(extra)[0]}", f"unknown key; known: {', '.join(sorted(keys))}")
-        return dict(section)
+        out = dict(section)
+        for key, (kind, lo, hi) in spec.items():
+            value = out.get(key)
+            if value is None or (key == "n_startup_trials" and name == "sampler" and value == "auto"):
+                continue
+            if isinstance(value, (list, dict)):
+                raise ctx.fail(f"{name}.{key}", f"must be a single value, got {value!r}")
+            out[key] = _param(ctx, f"{name}.{key}", value, kind=kind, low=lo, high=hi).value
+        return out
 
     def _parse_backbones(self, ctx: _Ctx, raw: dict, chosen: list[str] | None, counter) -> dict[str, BackboneSpace]:
         from automl_ft.backbones import resolve_name
@@ -296,7 +335,8 @@ class SearchSpace:
             if self.trust_remote_code:
                 options["trust_remote_code"] = True
             n = counter(name, options)
-            fd = _param(ctx, f"{key}.freeze_depth", settings.get("freeze_depth", 0), kind="int", block_count=n)
+            fd = _param(ctx, f"{key}.freeze_depth", settings.get("freeze_depth", 0), kind="int", block_count=n,
+                        backbone=repr(name))
             if self.task == TEXT:
                 if "image_size" in settings or "augment" in settings:
                     raise ctx.fail(key, "image_size/augment apply to image backbones only")
@@ -363,15 +403,47 @@ class SearchSpace:
         return {k: _param(ctx, f"training.{k}", raw.get(k, d), kind=t, low=lo, high=hi)
                 for k, (d, t, lo, hi) in spec.items()}
 
-    def _check_first_trial(self, ctx: _Ctx) -> None:
+    def _check_first_trial(self, ctx: _Ctx, overridden: bool) -> None:
+        """Every first_trial value must lie inside the space: one outside used to be dropped silently, so the
+        "known-good start" ran with sampled values instead. Per-backbone values are checked against the first
+        trial's backbone unless --backbones replaced the file's list (then they apply where they fit)."""
+        ft = self.first_trial
         allowed = {"backbone", "freeze_depth", "adaptation", "lr", "rank", "alpha", "lora_dropout", "max_length",
                    "image_size", "augment"} | set(TRAINING_KEYS)
-        extra = set(self.first_trial) - allowed
+        extra = set(ft) - allowed
         if extra:
             raise ctx.fail(f"first_trial.{sorted(extra)[0]}", f"unknown key; known: {', '.join(sorted(allowed))}")
-        a = self.first_trial.get("adaptation")
+        a = ft.get("adaptation")
         if a is not None and a not in self.adaptation:
             raise ctx.fail("first_trial.adaptation", f"{a!r} is not in the space's adaptation section")
+        adaptation = a if a is not None else next(iter(self.adaptation))
+        checks: dict[str, tuple[Param | None, str]] = {k: (p, f"training.{k}") for k, p in self.training.items()}
+        ad = self.adaptation[adaptation]
+        for key, own in (("lr", "lr"), ("rank", "rank"), ("alpha", "alpha"), ("lora_dropout", "dropout")):
+            if key in ft and own not in ad:
+                raise ctx.fail(f"first_trial.{key}", f"applies to lora, but the first trial's adaptation is "
+                               f"{adaptation}; remove it or set adaptation: lora")
+            checks[key] = (ad.get(own), f"adaptation.{adaptation}.{own}")
+        if not overridden:
+            b = ft.get("backbone")
+            if b is not None and b not in self.backbones:
+                raise ctx.fail("first_trial.backbone",
+                               f"{b!r} is not one of the backbones ({', '.join(self.backbones)})")
+            bb = self.backbones[b if b is not None else next(iter(self.backbones))]
+            where = f"backbones.{bb.name}"
+            for key in ("freeze_depth", "max_length", "image_size", "augment"):
+                param = getattr(bb, key)
+                if key in ft and param is None:
+                    raise ctx.fail(f"first_trial.{key}", f"does not apply to {self.task} backbones; remove it")
+                checks[key] = (param, f"{where}.{key}")
+        for key, (param, source) in checks.items():
+            if key not in ft or param is None:
+                continue
+            value = ft[key]
+            integral = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == int(value)
+            if not param.contains(value) or (param.kind == "int" and not integral):
+                raise ctx.fail(f"first_trial.{key}", f"{value!r} is outside the space ({source}: {_describe(param)}); "
+                               "pick a value inside it")
 
     # ---------------------------------------------------------------------------------------------- sampling
 

@@ -103,8 +103,80 @@ def test_block_count_resolves_n(tmp_path):
     assert space.backbones["minilm-l6"].freeze_depth.high == 6
     space = load_space(write(tmp_path, BASE.replace("high: N}", "high: N-2}")), TEXT)
     assert space.backbones["minilm-l6"].freeze_depth.high == 4
-    space = load_space(write(tmp_path, BASE.replace("high: N}", "high: 99}")), TEXT)
-    assert space.backbones["minilm-l6"].freeze_depth.high == 6  # clamped to the block count
+    space = load_space(write(tmp_path, BASE.replace("high: N}", "high: 6}")), TEXT)
+    assert space.backbones["minilm-l6"].freeze_depth.high == 6
+    space = load_space(write(tmp_path, BASE.replace("high: N}", "high: N-9}")), TEXT)
+    assert space.backbones["minilm-l6"].freeze_depth.kind == "fixed"  # N-9 of 6 blocks: nothing frozen
+    assert space.backbones["minilm-l6"].freeze_depth.value == 0
+
+
+@pytest.mark.parametrize("depth", ["{low: 0, high: 99}", "7", "[2, 9]"])
+def test_freeze_depth_above_the_block_count_is_an_error(tmp_path, depth):
+    """It used to be clamped to the block count without a word (a 0..99 range searched 0..6)."""
+    path = write(tmp_path, BASE.replace("{low: 0, high: N}", depth))
+    with pytest.raises(SearchSpaceError, match=r"backbones.minilm-l6.freeze_depth: (99|7|9) is above the 6 blocks "
+                                               r"of 'minilm-l6'; use at most 6, or N / N-k") as err:
+        load_space(path, TEXT)
+    assert str(path) in str(err.value)
+
+
+def test_freeze_depth_of_backbone_defaults_names_the_backbone(tmp_path, tiny_bert_dir):
+    text = BASE + "backbone_defaults: {max_length: 32, freeze_depth: {low: 0, high: 4}}\n"
+    with pytest.raises(SearchSpaceError, match=r"backbone_defaults.freeze_depth: 4 is above the 2 blocks of '.*tiny"):
+        load_space(write(tmp_path, text), TEXT, backbones=[str(tiny_bert_dir)])
+
+
+FIRST = BASE.replace("full: {lr: 1.0e-4}", "full: {lr: {low: 1.0e-5, high: 1.0e-3, log: true}}") + \
+    "training: {epochs: {low: 1, high: 4}, batch_size: [16, 32], warmup_ratio: 0.05}\n"
+
+
+@pytest.mark.parametrize("text,match", [
+    # numeric settings out of range (each used to pass validation and fail at run time or not at all)
+    (BASE + "sampler: {n_startup_trials: -1}\n", r"sampler.n_startup_trials: value -1 is below the minimum 0"),
+    (BASE + "sampler: {n_startup_trials: many}\n", r"sampler.n_startup_trials: value must be a number"),
+    (BASE + "sampler: {multivariate: 1}\n", r"sampler.multivariate: must be true or false"),
+    (BASE + "sampler: {seed_offset: 0.5}\n", r"sampler.seed_offset: value must be an integer"),
+    (BASE + "pruner: {reduction_factor: 1}\n", r"pruner.reduction_factor: value 1 is below the minimum 2"),
+    (BASE + "pruner: {min_resource: 0}\n", r"pruner.min_resource: value 0 is below the minimum 1"),
+    (BASE + "pruner: {type: median, n_warmup_steps: -2}\n", r"pruner.n_warmup_steps: value -2 is below"),
+    (BASE + "pruner: {min_resource: [1, 2]}\n", r"pruner.min_resource: must be a single value"),
+    (BASE + "training: {epochs: 3}\npruner: {min_resource: 5}\n",
+     r"pruner.min_resource: 5 is above the most epochs a trial runs \(training.epochs: 3\)"),
+    # the long-standing range checks, one per key family the issue lists
+    (BASE.replace("lr: 1.0e-4", "lr: 0"), r"adaptation.full.lr: value 0 is below the minimum"),
+    (BASE.replace("full: {lr: 1.0e-4}", "lora: {lr: 1.0e-3, rank: 0}"), r"adaptation.lora.rank: value 0 is below"),
+    (BASE.replace("full: {lr: 1.0e-4}", "lora: {lr: 1.0e-3, dropout: 1.0}"), r"adaptation.lora.dropout: value 1.0 is"),
+    (BASE + "training: {dropout: -0.1}\n", r"training.dropout: value -0.1 is below the minimum 0"),
+    (BASE + "training: {weight_decay: -1.0e-4}\n", r"training.weight_decay: value -0.0001 is below"),
+    (BASE + "training: {epochs: 0}\n", r"training.epochs: value 0 is below the minimum 1"),
+    (BASE + "training: {batch_size: .nan}\n", r"training.batch_size: value must be finite"),
+    (BASE + "training: {label_smoothing: {low: 0.2, high: 0.1}}\n", r"training.label_smoothing: low 0.2 is above"),
+    # first_trial values outside the space used to be dropped silently
+    (FIRST + "first_trial: {lr: 0.5}\n", r"first_trial.lr: 0.5 is outside the space \(adaptation.full.lr: 1e-05 to "),
+    (FIRST + "first_trial: {epochs: 9}\n", r"first_trial.epochs: 9 is outside the space \(training.epochs: 1 to 4"),
+    (FIRST + "first_trial: {epochs: 2.5}\n", r"first_trial.epochs: 2.5 is outside the space"),
+    (FIRST + "first_trial: {batch_size: 64}\n", r"first_trial.batch_size: 64 is outside .*: one of 16, 32\)"),
+    (FIRST + "first_trial: {warmup_ratio: 0.1}\n", r"first_trial.warmup_ratio: 0.1 is outside .*fixed at 0.05"),
+    (FIRST + "first_trial: {freeze_depth: 7}\n", r"first_trial.freeze_depth: 7 is outside .*backbones.minilm-l6"),
+    (FIRST + "first_trial: {rank: 8}\n", r"first_trial.rank: applies to lora, but .* adaptation is full"),
+    (FIRST + "first_trial: {backbone: bert-base}\n", r"first_trial.backbone: 'bert-base' is not one of the backbones"),
+    (FIRST + "first_trial: {image_size: 64}\n", r"first_trial.image_size: does not apply to text-classification"),
+])
+def test_out_of_range_values_name_file_and_key(tmp_path, text, match):
+    path = write(tmp_path, text)
+    with pytest.raises(SearchSpaceError, match=match) as err:
+        load_space(path, TEXT)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+def test_valid_sampler_pruner_and_first_trial_settings_load(tmp_path):
+    text = FIRST + ("sampler: {type: tpe, n_startup_trials: auto, multivariate: false, seed_offset: 3}\n"
+                    "pruner: {type: hyperband, min_resource: 2, reduction_factor: 2}\n"
+                    "first_trial: {lr: 1.0e-4, epochs: 2, batch_size: 16, warmup_ratio: 0.05, freeze_depth: 6}\n")
+    space = load_space(write(tmp_path, text), TEXT)
+    assert space.sampler["seed_offset"] == 3 and space.pruner["reduction_factor"] == 2
+    assert space.first_trial_params() == {"full.lr": 1.0e-4, "epochs": 2, "batch_size": 16,
+                                          "minilm-l6.freeze_depth": 6}
 
 
 def test_cli_backbones_override_and_defaults(tmp_path, tiny_bert_dir):
