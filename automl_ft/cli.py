@@ -7,6 +7,7 @@ Heavy packages are imported by the sub-commands that need them, so ``--help`` an
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -33,10 +34,16 @@ def _int(text: str) -> int:
 
 
 def _number(text: str) -> float:
+    """A finite number: float() also accepts 'nan' and 'inf', which compare false with every limit and so used to
+    slip past --timeout's "positive" check (nan never timed out; inf is no limit)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; pass a number, or leave the flag out "
+                                         "for no limit")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    if args.command is None:  # bare `automl-ft`: a usage hint on stderr, not the help block on stdout
+        sys.stderr.write(f"error: no command; use one of {', '.join(_commands(parser))} (see 'automl-ft --help')\n")
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -137,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    """The sub-command names, in the order --help lists them."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
