@@ -6,6 +6,7 @@ elsewhere these tests skip with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,10 @@ def test_two_workers_share_one_study(tmp_path, setup):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4  # none lost, none extra
     pids = {t.user_attrs["worker"]["pid"] for t in trials}
     assert pids == {p.pid for p in procs}  # both workers took trials
+    # Both workers run with --seed 0: each trial's sampler is seeded from (seed, trial number), so they do not draw
+    # the same configuration (trials 1 and 2 were identical when each worker's sampler was seeded once).
+    configs = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(set(configs)) == len(configs), [t.params for t in trials]
     assert all(t.user_attrs.get("artifacts", {}).get("model.safetensors") for t in trials)
     exported = [d for d in ("w0", "w1") if (tmp_path / d / "best" / "model.onnx").is_file()]
     assert len(exported) == 1  # exactly one worker exported the best trial

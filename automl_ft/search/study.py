@@ -20,7 +20,9 @@ DONE_STATES_NAMES = ("COMPLETE", "PRUNED")
 
 
 def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, grouped for the conditional LoRA/full branches, constant liar for parallel workers).
+    """TPE (multivariate, grouped for the conditional LoRA/full branches, constant liar for parallel workers), or
+    random search, re-seeded for every trial from ``(seed, trial number)`` (see samplers.py): workers sharing a
+    study with the same ``--seed`` do not repeat each other, and a single worker's run is reproducible.
 
     ``n_startup_trials: auto`` uses a third of the budget (2..10) for random exploration: TPE's default of 10
     would make every study of 6 trials a random search. Under ``--max-latency-ms`` the objective sets a trial
@@ -28,18 +30,20 @@ def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> optuna.sampler
     """
     import optuna
 
+    from .samplers import TrialSeededSampler
+
     cfg = space.sampler
     seed = seed + int(cfg.get("seed_offset", 0))
     kind = cfg.get("type", "tpe")
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     startup = cfg.get("n_startup_trials", "auto")
     if startup == "auto":
         startup = min(10, max(2, n_trials // 3))
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=int(startup), multivariate=bool(cfg.get("multivariate", True)), group=True,
-        constant_liar=bool(cfg.get("constant_liar", True)),
-    )
+    multivariate, constant_liar = bool(cfg.get("multivariate", True)), bool(cfg.get("constant_liar", True))
+    return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(
+        seed=s, n_startup_trials=int(startup), multivariate=multivariate, group=True, constant_liar=constant_liar,
+    ), seed)
 
 
 def make_pruner(space: SearchSpace, multi_objective: bool = False,
@@ -147,7 +151,9 @@ def recover_interrupted(study: optuna.Study, storage: Any) -> list[int]:
         elif not (t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "")).startswith(
                 ("interrupted", "worker died"))):
             continue
-        if t.number in retried_already:
+        # Two workers on this host starting together both see the FAIL trial without a retry: the claim makes
+        # one of them queue it (two retries would train the same configuration twice).
+        if t.number in retried_already or not claim(storage, study, f"retry:{t.number}", worker_identity()):
             continue
         retry(study, t)
         retried_already.add(t.number)
@@ -210,9 +216,14 @@ class StudyBudget:
 
 
 def claim_export(storage: Any, study: optuna.Study, trial_number: int, worker: dict[str, Any]) -> bool:
-    """Atomically claim the export of ``trial_number``: exactly one worker gets True.
+    """Atomically claim the export of ``trial_number``: exactly one worker gets True (see :func:`claim`)."""
+    return claim(storage, study, f"export:{trial_number}", worker)
 
-    A study user attribute ``export:<trial>`` is inserted in a transaction that holds the study's row lock
+
+def claim(storage: Any, study: optuna.Study, key: str, worker: dict[str, Any]) -> bool:
+    """Atomically claim ``key`` (an export, a retry, the first trial) for ``worker``: exactly one caller gets True.
+
+    A study user attribute ``key`` is inserted in a transaction that holds the study's row lock
     (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so concurrent workers cannot both
     insert it; Optuna's unique (study, key) constraint backs this up.
     """
@@ -221,7 +232,6 @@ def claim_export(storage: Any, study: optuna.Study, trial_number: int, worker: d
     from optuna.storages._rdb import models
     from sqlalchemy.exc import IntegrityError
 
-    key = f"export:{trial_number}"
     backend = getattr(storage, "_backend", storage)  # _CachedStorage wraps the RDB storage
     session = backend.scoped_session()
     try:
@@ -244,6 +254,21 @@ def claim_export(storage: Any, study: optuna.Study, trial_number: int, worker: d
         raise
     finally:
         session.close()
+
+
+def enqueue_first_trial(storage: Any, study: optuna.Study, params: dict[str, Any] | None) -> bool:
+    """Queue the space's known-good ``first_trial`` in a new study, once however many workers start together.
+
+    Checking that the study is empty and then enqueueing (even with ``skip_if_exists``) is a race: two workers
+    started together both see no trials and both enqueue, so the study trains the same configuration twice.
+    The claim ``first_trial`` makes the enqueue exclusive. Returns whether this call queued it.
+    """
+    if not params or study.get_trials(deepcopy=False):
+        return False
+    if not claim(storage, study, "first_trial", worker_identity()):
+        return False
+    study.enqueue_trial(params, user_attrs={"origin": "first_trial"})
+    return True
 
 
 def claim_abandoned(study: optuna.Study, trial_number: int) -> bool:
