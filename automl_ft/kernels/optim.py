@@ -10,6 +10,20 @@ from ``torch.optim.AdamW`` unchanged. As in PyTorch, a tensor's state appears on
 tensor without a gradient in a step is skipped: its step count and states do not change. Parameters and gradients
 are not copied or moved (see ``adamw.py`` for why and how the kernels reach them).
 
+Parameters replaced in place (``p.data = other``, which ``module.to()``, ``.double()``, ``.half()`` do). A tensor's
+state slot is cut for its shape, strides, dtype and device, so the step after such a change re-plans:
+
+* Another dtype, device or memory layout with the same shape: the state moves with the parameter (re-laid, cast and
+  moved as ``load_state_dict`` casts it; the step count is kept), and every other parameter keeps its state.
+  ``torch.optim.AdamW`` refuses a dtype or device change at its next step; moving a model and going on training is
+  what the change asks for, and the values of the moments keep their meaning.
+* Another shape (``p.data = larger_tensor``, ``p.data = p.data[:n]``): ``step()`` raises ``RuntimeError`` before
+  anything is updated, as ``torch.optim.AdamW`` does, because moments of other elements do not describe the new
+  ones, and zeroing them silently would change the training. ``del optimizer.state[p]`` restarts that parameter
+  (zero moments, step 0, and with ``anchor_decay`` its current values as the anchor if the old one no longer fits)
+  and keeps every other parameter's state. Before this check, the step walked the new size over the old slot and
+  changed a neighbour's ``exp_avg``.
+
 Memory per parameter: 8 bytes of states in fp32 (+4 with amsgrad), +4 for an fp32 master copy of a bf16/fp16
 parameter (states then fp32 too), + one copy in the parameter's dtype for the L2-SP anchor (2 bytes for bf16,
 4 for fp32). Buckets are allocated at the first step, for the group's tensors that require a gradient.
@@ -17,6 +31,7 @@ parameter (states then fp32 too), + one copy in the parameter's dtype for the L2
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -96,9 +111,20 @@ class _Bucket:
                 d["master"] = view(self.master_flat)
             self.views.append(d)
         self.stepped = [False] * len(params)
+        # Each slot's state is laid out for the parameter's shape and strides when the bucket was built.
+        self.layouts = [(p.shape, p.stride()) for p in params]
 
     def matches(self, amsgrad: bool, master: bool, anchored: bool) -> bool:
         return (self.amsgrad, self.master, self.anchored) == (amsgrad, master, anchored)
+
+    def holds(self, p: torch.Tensor, saved: dict[str, Any] | None) -> bool:
+        """Whether this bucket's slot for ``p`` is still its state: ``p`` is in it with the layout the slot was cut
+        for (``p.data = ...`` may have changed it) and ``optimizer.state[p]`` is that slot's views (not deleted, not
+        a state that another bucket or a loaded state dict holds)."""
+        slot = self.index.get(p)
+        if slot is None or self.layouts[slot] != (p.shape, p.stride()):
+            return False
+        return saved is self.views[slot] if self.stepped[slot] else not saved
 
 
 @dataclass
@@ -147,7 +173,8 @@ class FusedAdamW(torch.optim.Optimizer):
     Raises:
         ValueError: an invalid hyperparameter or backend name, a complex / non-float / non-dense parameter.
         KernelUnavailableError: ``backend="triton"`` where Triton cannot run.
-        RuntimeError: at ``step()``, a sparse gradient.
+        RuntimeError: at ``step()``, a sparse gradient, or a parameter whose shape changed after it was stepped
+            (see the module notes: ``del optimizer.state[p]`` restarts it; a new dtype or device is carried over).
     """
 
     def __init__(
@@ -307,14 +334,20 @@ class FusedAdamW(torch.optim.Optimizer):
             if g.is_sparse:
                 raise RuntimeError(_SPARSE_MESSAGE.format(shape=tuple(p.shape)))
             by_kind.setdefault((p.device, p.dtype), []).append((pos, p, g))
+        for items in by_kind.values():  # before anything is rebuilt or stepped: a refused step changes nothing
+            for pos, p, _ in items:
+                _check_state_fits(self.state.get(p), p, gi, pos)
         amsgrad, anchored = bool(group["amsgrad"]), self._group_anchored(group)
         cacheable = key is not None
         plans: list[_BucketPlan] = []
+        live = {(p.device, p.dtype) for p in params}
+        for stale in [k for k in self._buckets if k[0] == gi and (k[1], k[2]) not in live]:
+            del self._buckets[stale]  # every tensor of it moved to another dtype or device (e.g. model.double())
         for (device, dtype), items in by_kind.items():
             master = bool(group["master_weights"]) and dtype in _LOW_PRECISION
             bucket = self._buckets.get((gi, device, dtype))
             if (bucket is None or not bucket.matches(amsgrad, master, anchored)
-                    or any(p not in bucket.index for _, p, _ in items)):
+                    or not all(bucket.holds(p, self.state.get(p)) for _, p, _ in items)):
                 bucket = self._build_bucket(gi, group, device, dtype, amsgrad=amsgrad, master=master,
                                             anchored=anchored)
             slots = [bucket.index[p] for _, p, _ in items]
@@ -368,6 +401,11 @@ class FusedAdamW(torch.optim.Optimizer):
         bucket = _Bucket(params, amsgrad=amsgrad, master=master, anchored=anchored)
         for slot, p in enumerate(params):
             views, saved = bucket.views[slot], self.state.get(p)
+            if saved and _state_mismatch(saved, p) is not None:
+                # Resized, and without a gradient in this step: its old state stays in optimizer.state, so that the
+                # step that gives it a gradient refuses (_check_state_fits) unless the state was deleted by then;
+                # its slot starts afresh meanwhile.
+                saved = None
             if saved:
                 step = saved["step"]
                 views["step"].copy_(step if torch.is_tensor(step) else torch.tensor(float(step)))
@@ -385,6 +423,8 @@ class FusedAdamW(torch.optim.Optimizer):
                 anchor = saved.get("anchor") if saved else None
                 if anchor is None:
                     anchor = self._anchors.get(p)
+                    if anchor is not None and anchor.shape != p.shape:
+                        anchor = None  # resized before its first step, or since (its state deleted): starts afresh
                 if anchor is None:
                     if saved:
                         raise ValueError(
@@ -446,6 +486,8 @@ class FusedAdamW(torch.optim.Optimizer):
 
 
 _data_ptr = torch.Tensor.data_ptr
+_shape = operator.attrgetter("shape")
+_stride = torch.Tensor.stride
 
 
 def _plan_grads(plan: _Plan, backend: str | None = None) -> list[list[torch.Tensor]]:
@@ -456,11 +498,17 @@ def _plan_grads(plan: _Plan, backend: str | None = None) -> list[list[torch.Tens
 
 
 def _pointer_key(group: dict[str, Any]) -> tuple:
-    """Where every parameter and gradient of the group lives, plus the options that change the kernels.
+    """Where every parameter and gradient of the group lives and the parameters' shapes, plus the options that
+    change the kernels.
 
-    This runs every step, so it is written for speed: about 80 us for 448 tensors on this 2-core EPYC (a map over
-    the C method instead of a comprehension saves 12 %), while moving the 1.1 GB of their 40 M parameters' AdamW
-    traffic takes about 0.37 ms at an H100's ~3 TB/s (an estimate: not measured yet), so the host keeps ahead.
+    Shapes and strides are part of it because ``p.data = p.data[:n]`` or ``p.data = p.data.t()`` keeps the address:
+    a plan built for the old size would walk it over the new tensor and its state slot, and one built for the old
+    layout would pair state elements with other elements of the parameter than ``state_dict()`` says.
+
+    This runs every step, so it is written for speed: about 150 us for 448 tensors on this 2-core EPYC (72 us for
+    the pointers alone, +37 for the shapes, +42 for the strides; best of 40 runs under load; a map over the C
+    method instead of a comprehension saves 12 %), while moving the 1.1 GB of their 40 M parameters' AdamW traffic
+    takes about 0.37 ms at an H100's ~3 TB/s (an estimate: not measured yet), so the host keeps ahead.
     """
     params = group["params"]
     grads = [p.grad for p in params]
@@ -468,8 +516,33 @@ def _pointer_key(group: dict[str, Any]) -> tuple:
         grad_ptrs = tuple(map(_data_ptr, grads))
     except TypeError:  # some parameters have no gradient
         grad_ptrs = tuple([0 if g is None else g.data_ptr() for g in grads])
-    return (tuple(map(_data_ptr, params)), grad_ptrs, bool(group["amsgrad"]), bool(group["master_weights"]),
-            group["anchor_decay"] > 0)
+    return (tuple(map(_data_ptr, params)), grad_ptrs, tuple(map(_shape, params)), tuple(map(_stride, params)),
+            bool(group["amsgrad"]), bool(group["master_weights"]), group["anchor_decay"] > 0)
+
+
+_STATE_TENSORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master", "anchor")
+
+
+def _state_mismatch(saved: dict[str, Any], p: torch.Tensor) -> tuple[str, torch.Size] | None:
+    """The first state tensor of ``saved`` whose shape is not ``p``'s, as (key, shape), or None."""
+    for key in _STATE_TENSORS:
+        t = saved.get(key)
+        if isinstance(t, torch.Tensor) and t.shape != p.shape:
+            return key, t.shape
+    return None
+
+
+def _check_state_fits(saved: dict[str, Any] | None, p: torch.Tensor, gi: int, pos: int) -> None:
+    """Refuse to step a parameter whose state was made for another shape (``p.data = larger_tensor`` after it was
+    stepped), as ``torch.optim.AdamW`` refuses (with a size-mismatch error from deep inside its update)."""
+    mismatch = _state_mismatch(saved, p) if saved else None
+    if mismatch is not None:
+        key, shape = mismatch
+        raise RuntimeError(
+            f"FusedAdamW: parameter {pos} of param group {gi} has shape {tuple(p.shape)} but its optimizer state "
+            f"({key}) has shape {tuple(shape)}: it was replaced (p.data = ...) after it was stepped, and AdamW "
+            f"moments do not carry over to another shape. Run `del optimizer.state[p]` before the next step to "
+            f"restart this parameter's state (the other parameters keep theirs), or build a new optimizer")
 
 
 def _device_context(device: torch.device):

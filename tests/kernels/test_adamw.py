@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+
 from automl_ft.kernels import FusedAdamW, KernelUnavailableError
 from automl_ft.kernels import adamw as adamw_kernels
 from automl_ft.kernels.reference import adamw_grad_norm_reference
@@ -180,6 +181,160 @@ def test_misaligned_and_strided_parameters_match_torch():
                 p.grad = g.contiguous() if step % 2 else g.t().contiguous().t() if g.dim() == 2 else g
             opt.step()
     assert odd.data_ptr() % 16 != 0
+    compare_with_torch(ours, ref, 1e-6)
+
+
+# ------------------------------------------------------------------------- parameters replaced (p.data = x) ----
+
+
+def all_state(opt: torch.optim.Optimizer) -> dict[tuple[int, str], torch.Tensor]:
+    return {(i, k): v.clone() for i, p in enumerate(opt.param_groups[0]["params"])
+            for k, v in opt.state.get(p, {}).items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["grow", "shrink-at-the-same-address"])
+def test_resized_parameter_is_refused_and_restarts_after_its_state_is_deleted(how, backend):
+    """p.data = a tensor of another size, after p was stepped: the step is refused before anything changes (it
+    used to walk the new size over the old state slot and change the neighbour's exp_avg); `del opt.state[p]`
+    restarts that parameter, the others keep their state, and the result matches torch.optim.AdamW doing the same."""
+    params = make_params([(7,), (5,), (3, 4)], seed=14)
+    ref_params = clone_params(params)
+    ours = FusedAdamW(params, lr=1e-2, amsgrad=True, backend=backend)
+    ref = torch.optim.AdamW(ref_params, lr=1e-2, amsgrad=True)
+
+    def train(steps):
+        for step in steps:
+            for ps, opt in ((params, ours), (ref_params, ref)):
+                opt.zero_grad()
+                backward(ps, step)
+                opt.step()
+
+    train(range(3))
+    grown = torch.randn(70, generator=torch.Generator().manual_seed(15)).to(DEVICE)
+    for p in (params[1], ref_params[1]):
+        p.data = grown.clone() if how == "grow" else p.data[:3]
+    assert (params[1].numel() > 5) == (how == "grow")
+    before_state, before_params = all_state(ours), [p.detach().clone() for p in params]
+    ours.zero_grad()
+    backward(params, 3)
+    with pytest.raises(RuntimeError, match=r"parameter 1 of param group 0 has shape .*`del optimizer.state\[p\]"):
+        ours.step()
+    after = all_state(ours)
+    assert after.keys() == before_state.keys()
+    for key, value in before_state.items():
+        assert torch.equal(after[key], value), f"state {key} changed by a refused step"
+    for i, (p, q) in enumerate(zip(params, before_params)):
+        assert torch.equal(p, q), f"param {i} changed by a refused step"
+    del ours.state[params[1]]
+    del ref.state[ref_params[1]]
+    train(range(3, 7))
+    compare_with_torch(ours, ref, 1e-6)
+    assert float(ours.state[params[1]]["step"]) == 4 and float(ours.state[params[0]]["step"]) == 7
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resized_parameter_without_a_gradient_restarts_from_its_own_values(backend):
+    """Resized in a step where it has no gradient while its bucket is rebuilt (another tensor is unfrozen): after
+    `del opt.state[p]` its fp32 master and its L2-SP anchor are its values at the resize, not zeros or old ones."""
+    a, b, c = make_params([(7,), (5,), (9,)], dtype=torch.bfloat16, seed=17)
+    c.requires_grad_(False)
+    opt = FusedAdamW([a, b, c], lr=1e-2, master_weights=True, anchor_decay=0.1, backend=backend)
+    for step in range(2):
+        opt.zero_grad()
+        backward([a, b], step)
+        opt.step()
+    b.data = torch.randn(12, generator=torch.Generator().manual_seed(18)).to(device=DEVICE, dtype=torch.bfloat16)
+    resized = b.detach().clone()
+    c.requires_grad_(True)
+    opt.zero_grad()
+    backward([a, c], 2)  # c is new to the bucket (rebuilt now); b has no gradient
+    opt.step()
+    opt.zero_grad()
+    backward([a, b, c], 3)
+    with pytest.raises(RuntimeError, match="has shape"):
+        opt.step()
+    del opt.state[b]
+    opt.step()
+    state = opt.state[b]
+    assert float(state["step"]) == 1 and float(opt.state[a]["step"]) == 4
+    assert torch.equal(state["anchor"], resized)
+    assert torch.equal(b.detach(), state["master"].to(torch.bfloat16))
+    assert float((b.detach().float() - resized.float()).abs().max()) < 0.05  # one step of lr 1e-2 away
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_dtype_or_layout_carries_the_state_over(backend):
+    """p.data = p.data.double() (and back), or the same values in another memory layout: the state moves with the
+    parameter (element (i, j) of exp_avg stays with element (i, j) of the parameter, as in torch), cast like
+    load_state_dict casts it, and the other parameters keep theirs. torch.optim.AdamW refuses a dtype change, so
+    its control is rebuilt through its state dict at each change."""
+    params = make_params([(7,), (5,), (3, 4)], seed=16)
+    ref_params = clone_params(params)
+    ours = FusedAdamW(params, lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW(ref_params, lr=1e-2)
+    for step in range(10):
+        if step in (3, 6):  # float32 -> float64 -> float32: the slot left behind at step 3 must not be reused at 6
+            dtype = torch.float64 if step == 3 else torch.float32
+            for p in (params[1], ref_params[1]):
+                p.data = p.data.to(dtype)
+            saved = ref.state_dict()
+            ref = torch.optim.AdamW(ref_params, lr=1e-2)
+            ref.load_state_dict(saved)
+        if step == 8:  # column-major: same shape and values, another address and strides
+            for p in (params[2], ref_params[2]):
+                p.data = p.data.t().contiguous().t()
+        for ps, opt in ((params, ours), (ref_params, ref)):
+            opt.zero_grad()
+            backward(ps, step)
+            opt.step()
+        if step == 4:
+            assert ours.state[params[1]]["exp_avg"].dtype == torch.float64
+    assert params[2].stride() == (1, 3)
+    compare_with_torch(ours, ref, 1e-6)
+    assert {float(ours.state[p]["step"]) for p in params} == {10.0}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transposed_at_the_same_address_keeps_the_state_with_its_elements(backend):
+    """p.data = p.data.t() of a square matrix keeps the address, shape and dtype, and with set_to_none=False the
+    gradients keep theirs: only the strides tell the step that element (i, j) is now another one."""
+    params = make_params([(4, 4), (5,)], seed=19)
+    ref_params = clone_params(params)
+    ours = FusedAdamW(params, lr=1e-2, backend=backend)
+    ref = torch.optim.AdamW(ref_params, lr=1e-2)
+    for step in range(6):
+        if step == 3:
+            for p in (params[0], ref_params[0]):
+                p.data = p.data.t()
+                p.grad = p.grad.t()
+        for ps, opt in ((params, ours), (ref_params, ref)):
+            opt.zero_grad(set_to_none=False)
+            backward(ps, step)
+            opt.step()
+    assert params[0].stride() == (1, 4)
+    compare_with_torch(ours, ref, 1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to move a parameter to")
+def test_new_device_carries_the_state_over():
+    """p.data = p.data.cuda() after CPU steps: the state follows (states of the same values, step count kept)."""
+    params = [torch.nn.Parameter(t) for t in (torch.randn(7), torch.randn(5))]
+    ref_params = clone_params(params)
+    ours = FusedAdamW(params, lr=1e-2, backend="auto")
+    ref = torch.optim.AdamW(ref_params, lr=1e-2)
+    for step in range(6):
+        if step == 3:
+            for p in (params[0], ref_params[0]):
+                p.data = p.data.cuda()
+            saved = ref.state_dict()
+            ref = torch.optim.AdamW(ref_params, lr=1e-2, foreach=False)
+            ref.load_state_dict(saved)
+        for ps, opt in ((params, ours), (ref_params, ref)):
+            opt.zero_grad()
+            backward(ps, step)
+            opt.step()
+    assert ours.state[params[0]]["exp_avg"].device.type == "cuda"
     compare_with_torch(ours, ref, 1e-6)
 
 
