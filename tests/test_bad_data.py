@@ -132,7 +132,7 @@ def test_data_warnings_reach_the_console_and_data_summary(tmp_path, tiny_text_sp
     warnings = json.loads((run / "data_summary.json").read_text())["warnings"]
     assert len(warnings) == 3
     assert "t.csv is separated by semicolons, not commas" in warnings[0]
-    assert "2 row(s) with an empty or NaN label in column 'label' dropped as missing" in warnings[1]
+    assert "label column 'label': 2 row(s) with an empty or NaN label dropped as missing" in warnings[1]
     assert "('Food'/'food')" in warnings[2]
     for warning in warnings:
         assert f"Warning: {' '.join(warning.split())}." in console

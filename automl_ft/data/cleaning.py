@@ -10,10 +10,18 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+# The label rules (MISSING_LABELS, is_missing_label, NUMERIC_TARGET_DISTINCT) live with the tasks, which parse the
+# labels of every problem type; re-exported here for the data layer. tasks imports nothing from data: no cycle.
+from automl_ft.tasks.base import MISSING_LABELS, NUMERIC_TARGET_DISTINCT, is_missing_label  # noqa: F401
+
 
 def dedupe(keys: Sequence[str], labels: Sequence[str], splits: Sequence[str] | None = None,
            split_order: Sequence[str] = ("train", "val", "test")) -> tuple[list[int], dict[str, int]]:
     """Indices of the examples to keep, and counts of what was dropped.
+
+    ``labels`` are strings compared for equality: a class name, or the canonical form of a label set or a number
+    (``dataset._label_key``), so a multi-label example with another label set, or a regression example with
+    another value, conflicts like a class that differs.
 
     - An input that appears with more than one label is dropped entirely (every copy): its label is unknowable,
       and keeping one copy would teach the model noise.
@@ -48,19 +56,6 @@ def dedupe(keys: Sequence[str], labels: Sequence[str], splits: Sequence[str] | N
         keep.append(i)
     keep.sort()
     return keep, dropped
-
-
-# Cells that mean "no value": a missing float printed by pandas or NumPy ("nan", "NaN", "<NA>"). Words such as
-# "None", "NA" or "null" stay labels: they are plausible class names ("no entity", "not applicable").
-MISSING_LABELS = {"", "nan", "-nan", "<na>"}
-# More distinct numeric labels than this looks like a measured quantity, not class ids (ratings 1-10, digit
-# classes 0-9 and most coded categories stay below it).
-NUMERIC_TARGET_DISTINCT = 20
-
-
-def is_missing_label(label: str) -> bool:
-    """True for an empty or NaN label: a row without a label, never a class of its own."""
-    return label.strip().lower() in MISSING_LABELS
 
 
 def case_collisions(labels: Sequence[str]) -> list[list[str]]:

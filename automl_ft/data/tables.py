@@ -6,7 +6,7 @@ import csv
 import io
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from automl_ft.errors import DataError
 
@@ -21,8 +21,12 @@ def table_format(path: Path) -> str | None:
     return TABLE_SUFFIXES.get(path.suffix.lower())
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, original: dict[str, Any] | None = None) -> pd.DataFrame:
     """Read a table with every cell as a string (labels like ``01`` stay ``01``; empty cells stay empty strings).
+
+    Args:
+        original: when given, a JSONL/Parquet file's frame as read goes to ``original["frame"]``: its cells keep their own
+            values (a list of labels, a number, None), which a multi-label or regression column needs.
 
     Raises:
         DataError: unknown extension, undecodable bytes (not UTF-8), a malformed file, or no rows.
@@ -34,7 +38,7 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: unknown table type {path.suffix!r}; use .csv, .tsv, .jsonl or .parquet")
     try:
         if fmt == "parquet":
-            df = _as_strings(pd.read_parquet(path))
+            df = _as_strings(pd.read_parquet(path), original)
         else:
             raw = path.read_bytes()
             try:
@@ -46,7 +50,7 @@ def read_table(path: Path) -> pd.DataFrame:
             if not text.strip():
                 raise DataError(f"{path}: the file is empty; it needs a header row and labeled rows")
             if fmt == "jsonl":
-                df = _as_strings(pd.DataFrame.from_records(_jsonl_records(path, text)))
+                df = _as_strings(pd.DataFrame.from_records(_jsonl_records(path, text)), original)
             else:
                 df = _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
     except DataError:
@@ -172,9 +176,13 @@ def _jsonl_records(path: Path, text: str) -> list[dict]:
     return records
 
 
-def _as_strings(df: pd.DataFrame) -> pd.DataFrame:
+def _as_strings(df: pd.DataFrame, original: dict[str, Any] | None = None) -> pd.DataFrame:
     """Every cell as a string, missing ones empty; columns holding objects or lists are listed in
-    ``df.attrs["structured"]``, since their str() would pass for text (see :func:`check_plain`)."""
+    ``df.attrs["structured"]``, since their str() would pass for text (see :func:`check_plain`). With
+    ``original``, ``original["frame"]`` is the frame as read (same column order), for callers that need the cells'
+    own values."""
+    if original is not None:
+        original["frame"] = df
     structured = [str(c) for c in df.columns
                   if any(isinstance(v, (dict, list, tuple)) or getattr(v, "ndim", 0) > 0 for v in df[c].tolist())]
     df = df.astype(object).where(df.notna(), "")
@@ -241,3 +249,39 @@ def choose_columns(df: pd.DataFrame, path: Path, text_column: str | None, label_
                             "pass --text-column")
         text = rest[0]
     return text, label
+
+
+def choose_image_columns(df: pd.DataFrame, path: Path, image_column: str | None, label_column: str | None
+                         ) -> tuple[str, str]:
+    """Resolve the image-path and label columns of an image table.
+
+    The image column is ``image_column`` or the column called ``image``; it is never guessed from the others
+    (a wrong guess would read texts as file names and drop every row as unreadable). The label column is
+    ``label_column``, ``label``, or the only other column.
+
+    Raises:
+        DataError: a named column is missing, there is no image column, or the label column is ambiguous.
+    """
+    cols = list(df.columns)
+    shown = ", ".join(cols[:12]) + (" ..." if len(cols) > 12 else "")
+    image = match_column(cols, image_column or "image")
+    if image is None:
+        what = f"no column {image_column!r}" if image_column else "no 'image' column"
+        raise DataError(f"{path}: {what} (columns: {shown}); pass --image-column with the column of image paths")
+    if label_column:
+        label = match_column(cols, label_column)
+        if label is None:
+            raise DataError(f"{path}: no column {label_column!r} (columns: {shown}); pass --label-column with one "
+                            "of them")
+    else:
+        label = match_column(cols, "label")
+        if label is None:
+            rest = [c for c in cols if c != image]
+            if len(rest) != 1:
+                raise DataError(f"{path}: no 'label' column and {len(rest)} candidates ({', '.join(rest[:8])}); "
+                                "pass --label-column")
+            label = rest[0]
+    if label == image:
+        raise DataError(f"{path}: the image and label columns are both {image!r}; pass different --image-column "
+                        "and --label-column")
+    return image, label

@@ -64,21 +64,27 @@ def test_jsonl_lines_are_checked_one_by_one(tmp_path):
         load_dataset(path)
 
 
-@pytest.mark.parametrize("fmt,column", [("jsonl", "text"), ("parquet", "label")])
-def test_object_or_list_columns_are_not_text(tmp_path, fmt, column):
-    """str() of a dict or list would pass for text or a label: refused, naming the column."""
+@pytest.mark.parametrize("fmt,column,task", [("jsonl", "text", "auto"), ("parquet", "text", "auto"),
+                                             ("jsonl", "label", "auto"), ("parquet", "label", "text-classification"),
+                                             ("jsonl", "label", "text-regression")])
+def test_object_or_list_columns_are_not_text(tmp_path, fmt, column, task):
+    """str() of a dict or list would pass for text or a label: refused, naming the column. A text column never
+    holds lists, a JSON object is never a label, and a list is a label only for a multi-label task (see
+    tests/data/test_tasks_data.py)."""
     import pandas as pd
 
     rows = [{"text": t, "label": y} for t, y in make_text_rows(10)]
     for r in rows:
-        r[column] = {"nested": r[column]} if fmt == "jsonl" else [r[column]]
+        r[column] = {"nested": r[column]} if fmt == "jsonl" and task == "auto" else [r[column]]
     path = tmp_path / f"t.{fmt}"
     if fmt == "jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         pd.DataFrame(rows).to_parquet(path)
-    with pytest.raises(DataError, match=rf"column '{column}' holds objects or lists"):
-        load_dataset(path)
+    match = "hold lists of labels" if task == "text-classification" else "not finite numbers" \
+        if task == "text-regression" else rf"column '{column}' holds objects or lists"
+    with pytest.raises(DataError, match=match):
+        load_dataset(path, task=task)
 
 
 def test_label_column_is_detected_when_unambiguous(tmp_path):
@@ -194,7 +200,7 @@ def test_bad_paths(tmp_path, case, match):
 
 
 def test_task_mismatch(tmp_path, text_csv):
-    with pytest.raises(DataError, match="--task image-classification but this is a table"):
+    with pytest.raises(DataError, match="--task image-classification but this table has no 'image' column"):
         load_dataset(text_csv, task="image-classification")
 
 
@@ -272,7 +278,7 @@ def test_nan_and_empty_labels_are_missing_with_a_warning(tmp_path):
     data = load_dataset(write_csv(tmp_path / "t.csv", rows))
     assert data.classes == ["food", "sports", "weather"]  # no class "nan"
     assert data.summary["dropped"]["missing_label"] == 3 and data.summary["examples_read"] == 63
-    assert data.summary["warnings"] == ["3 row(s) with an empty or NaN label in column 'label' dropped as missing"]
+    assert data.summary["warnings"] == ["label column 'label': 3 row(s) with an empty or NaN label dropped as missing"]
     many = make_text_rows(10) + [(f"text {i}", "nan") for i in range(5)]
     with pytest.raises(DataError, match=r"5 of 35 rows have an empty text \(0\) or an empty/NaN label \(5\)"):
         load_dataset(write_csv(tmp_path / "many.csv", many))
@@ -307,11 +313,16 @@ def test_class_folders_that_differ_only_in_case_warn(tmp_path):
     assert "1 group(s) of class folders differ only in case ('Red'/'red')" in data.summary["warnings"][0]
 
 
-def test_a_numeric_label_column_with_many_values_suggests_regression(tmp_path):
+def test_a_numeric_label_column_with_many_values_is_regression_unless_told(tmp_path):
     rows = [(f"a flat with {i % 25} rooms, number {i}", f"{1000 + 37.5 * (i % 25):.1f}") for i in range(100)]
-    data = load_dataset(write_csv(tmp_path / "prices.csv", rows, header=("text", "price")))
-    assert data.summary["warnings"] == [("label column 'price' looks like a numeric target (25 distinct values); "
-                                         "automl-ft classifies it as 25 classes, regression is not supported yet")]
+    path = write_csv(tmp_path / "prices.csv", rows, header=("text", "price"))
+    auto = load_dataset(path)
+    assert auto.task == "text-regression" and "25 distinct values" in auto.summary["task_reason"]
+    data = load_dataset(path, task="text-classification")  # told: classes, with a warning that says how not to
+    assert data.num_classes == 25
+    (warning,) = data.summary["warnings"]
+    assert warning.startswith("label column 'price': the labels look like a numeric target (25 distinct numbers)")
+    assert "--task text-regression" in warning
     few = [(f"a review number {i}", str(i % 5 + 1)) for i in range(60)]  # star ratings: classes, no warning
     assert "warnings" not in load_dataset(write_csv(tmp_path / "stars.csv", few)).summary
 
