@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from automl_ft import __version__
 from automl_ft.errors import AutomlError
 
-BENCHES = ("lora", "adamw", "onnx", "train")
+BENCHES = ("lora", "adamw", "onnx", "train", "gpu")  # gpu: bench/gpu.sh, the prepared run of every GPU check
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,9 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folder (one sub-folder per class, optionally under train/val/test) or a "
                         "CSV/TSV/JSONL/Parquet file with text and label columns; omit for the demo")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; resumed if it exists)")
-    t.add_argument("--task", default="auto", choices=("auto", "image-classification", "text-classification"))
+    from automl_ft.tasks import FULL_TASKS  # numpy only: --help stays fast
+
+    t.add_argument("--task", default="auto", choices=("auto", *FULL_TASKS), metavar="TASK",
+                   help="auto (the default: modality from the data, problem from the labels; tune prints what it "
+                        f"chose) or one of {', '.join(FULL_TASKS)}")
     t.add_argument("--text-column", metavar="C", help="text column of a table (default: text)")
+    t.add_argument("--image-column", metavar="C",
+                   help="image-path column of a table (default: image); relative paths resolve against the table's "
+                        "folder")
     t.add_argument("--label-column", metavar="C", help="label column of a table (default: label)")
+    t.add_argument("--label-sep", default="|", metavar="S",
+                   help="what joins several labels in one multi-label cell (default: |; JSONL/Parquet may hold "
+                        "lists instead)")
     t.add_argument("--space", metavar="FILE", help="search-space YAML (default: search_spaces/<task>.yaml)")
     t.add_argument("--trials", type=_int, default=8, metavar="N",
                    help="total trials of the study (complete + pruned), across resumes and workers (default 8)")
@@ -162,7 +172,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
             raise UsageError("--backbones is empty; pass names separated by commas")
         opts = TuneOptions(data=args.data, out=args.out, task=args.task, text_column=args.text_column,
-                           label_column=args.label_column, space=args.space, trials=args.trials,
+                           label_column=args.label_column, image_column=args.image_column,
+                           label_sep=args.label_sep, space=args.space, trials=args.trials,
                            timeout=args.timeout, storage=args.storage, study=args.study, device=args.device,
                            seed=args.seed, backbones=backbones, trust_remote_code=args.trust_remote_code,
                            artifacts=args.artifacts, objective=args.objective,
@@ -186,9 +197,28 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "bench":
         import importlib
 
+        _check_bench_out(list(args.args))  # before minutes of benchmarking
         module = importlib.import_module(f"automl_ft.bench.bench_{args.name}")
         return int(module.main(list(args.args)) or 0)
     raise AssertionError(args.command)
+
+
+def _check_bench_out(bench_args: list[str]) -> None:
+    """A benchmark adds its result files to ``--out`` (never replacing the folder): refuse a path that cannot be a
+    folder now, not after the benchmark ran."""
+    from pathlib import Path
+
+    from automl_ft.errors import UsageError
+    from automl_ft.rundir import check_creatable
+
+    for i, arg in enumerate(bench_args):
+        value = arg.split("=", 1)[1] if arg.startswith("--out=") else \
+            bench_args[i + 1] if arg == "--out" and i + 1 < len(bench_args) else None
+        if value is not None:
+            path = Path(value).expanduser().resolve()
+            if path.exists() and not path.is_dir():
+                raise UsageError(f"--out {path} is a file; pass a folder for the results")
+            check_creatable(path, "--out")
 
 
 if __name__ == "__main__":  # pragma: no cover

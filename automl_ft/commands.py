@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_ft.errors import UsageError
-from automl_ft.rundir import RunDir, check_creatable
+from automl_ft.rundir import RunDir, check_creatable, check_not_in_data, check_output_dir
 
 
 def open_run(run_dir: str, storage: str | None) -> tuple[RunDir, dict[str, Any], Any, str]:
@@ -19,11 +19,14 @@ def open_run(run_dir: str, storage: str | None) -> tuple[RunDir, dict[str, Any],
     quiet_libraries()
     run = RunDir(run_dir)
     record = run.load()
-    url = storage or record.get("storage", "")
-    if "***" in url:
-        raise UsageError(f"{run.run_file} stores the storage URL without its password ({url}); pass --storage URL")
-    if storage and redact_url(storage) != record.get("storage"):
-        raise UsageError(f"--storage {redact_url(storage)} is not this run's storage ({record.get('storage')})")
+    recorded = record.get("storage") or ""
+    if storage and run.normalize_storage(redact_url(storage)) != recorded:
+        raise UsageError(f"--storage {redact_url(storage)} is not this run's storage ({recorded})")
+    if not storage and "***" in recorded:
+        raise UsageError(f"{run.run_file} stores the storage URL without its password ({recorded}); pass --storage "
+                         "URL")
+    # RUN_DIR/study.db is this folder's own database, wherever the folder is now (a copy reads its copy).
+    url = storage or run.storage_url(recorded)
     st = make_storage(url, heartbeat=False, must_exist=True)
     try:
         study = optuna.load_study(study_name=record["study"], storage=st)
@@ -32,15 +35,17 @@ def open_run(run_dir: str, storage: str | None) -> tuple[RunDir, dict[str, Any],
     return run, record, study, url
 
 
-def load_run_data(record: dict[str, Any]):
+def load_run_data(record: dict[str, Any], run: RunDir | None = None):
     """Reload the run's data exactly as tune split it, and check it is still the same data."""
     from automl_ft.data import load_dataset
 
+    source = run.resolve_path(record["data_source"]) if run is not None else record["data_source"]
     opts = record.get("data_options", {})
-    data = load_dataset(record["data_source"], task=opts.get("task", "auto"), text_column=opts.get("text_column"),
-                        label_column=opts.get("label_column"), seed=opts.get("seed", 0))
+    data = load_dataset(source, task=opts.get("task", "auto"), text_column=opts.get("text_column"),
+                        label_column=opts.get("label_column"), image_column=opts.get("image_column"),
+                        label_sep=opts.get("label_sep", "|"), seed=opts.get("seed", 0))
     if data.fingerprint != record["data_fingerprint"]:
-        raise UsageError(f"the data at {record['data_source']} changed since the study ran (fingerprint "
+        raise UsageError(f"the data at {source} changed since the study ran (fingerprint "
                          f"{data.fingerprint} != {record['data_fingerprint']}); restore it to evaluate on its test split")
     return data
 
@@ -53,8 +58,8 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
     from automl_ft.search.study import best_trial
     from automl_ft.tune import _printer, export_best
 
-    if out:
-        check_creatable(Path(out).expanduser().resolve(), "--out")  # before minutes of evaluation
+    if out:  # a path that cannot be a folder is refused before the study is even opened
+        check_creatable(Path(out).expanduser().resolve(), "--out")
     run, record, study, url = open_run(run_dir, storage)
     if trial is None:
         chosen = best_trial(study, record.get("max_latency_ms"))
@@ -69,7 +74,10 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
         if chosen.state != TrialState.COMPLETE:
             raise UsageError(f"trial {trial} is {chosen.state.name.lower()}, not complete; pick a complete trial")
     out_dir = Path(out).expanduser().resolve() if out else (run.best if trial is None else run.path / f"trial-{trial}")
-    data = load_run_data(record)
+    # Before minutes of evaluation: written only if new, empty or an earlier export of this run.
+    check_not_in_data(out_dir, "--out", run.resolve_path(str(record.get("data_source") or "")))
+    check_output_dir(out_dir, "--out", lambda d: run.owns_export(record, d))
+    data = load_run_data(record, run)
     local = run.trial_dir(chosen.number)
     if not (local / "model.safetensors").is_file():  # trained by another worker: fetch it from the artifact store
         from automl_ft.search.artifacts import TrialArtifacts, make_artifact_store
@@ -107,10 +115,13 @@ def run_report(run_dir: str, *, storage: str | None = None, out: str | None = No
 
     from automl_ft.report import PLOTS, TITLES, build_report, leaderboard_table
 
-    out_dir = Path(out).expanduser().resolve() if out else None
-    if out_dir is not None:
-        check_creatable(out_dir, "--out")
+    if out:
+        check_creatable(Path(out).expanduser().resolve(), "--out")
     run, record, study, _ = open_run(run_dir, storage)
+    out_dir = Path(out).expanduser().resolve() if out else run.report
+    # Written only if new, empty or an earlier report of this run (its marker names the run).
+    check_not_in_data(out_dir, "--out", run.resolve_path(str(record.get("data_source") or "")))
+    check_output_dir(out_dir, "--out", lambda d: run.owns_report(record, d))
     report = build_report(run, study, record, out_dir=out_dir)
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would truncate the table to 80 columns

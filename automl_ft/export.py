@@ -35,13 +35,11 @@ from automl_ft.config import TrialConfig
 from automl_ft.data import IMAGE, LabeledData, Split
 from automl_ft.metrics import classification_metrics
 from automl_ft.preprocess import save_preprocess
-from automl_ft.rundir import make_dir
+from automl_ft.rundir import LABELS_FILE, METRICS_FILE, ONNX_FILE, TORCH_FILE, make_dir
 from automl_ft.train import PEFT_DIR, Caches, load_trained_model, make_batches, make_preprocess, save_adapter
 
-ONNX_FILE = "model.onnx"
-TORCH_FILE = "model.safetensors"  # the merged model's full state dict, for PyTorch users and the benchmarks
-LABELS_FILE = "labels.json"
-METRICS_FILE = "metrics.json"
+# The file names come from rundir.py, which names every file of a run and of an export; TORCH_FILE is the merged
+# model's full state dict, for PyTorch users and the benchmarks.
 # Agreement with PyTorch is checked on up to this many test examples (all of them for the bundled data sets).
 VERIFY_LIMIT = 2000
 OPSET = 18
@@ -255,6 +253,12 @@ def load_exported_model(model_dir: Path) -> tuple[torch.nn.Module, TrialConfig]:
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
+    # The callers refuse a non-empty folder that is not an earlier export before any work (rundir.check_output_dir);
+    # this last check keeps a folder without metrics.json (a user's, a run folder) from ever being replaced.
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / METRICS_FILE).is_file():
+        from automl_ft.errors import UsageError
+
+        raise UsageError(f"--out {out_dir} is not empty and not an earlier export; pass a new or empty folder")
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():

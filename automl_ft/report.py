@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automl_ft.rundir import make_dir
+from automl_ft.rundir import LABELS_FILE, METRICS_FILE, REPORT_MARKER, make_dir, write_json
 from automl_ft.search.leaderboard import COLUMNS, format_cell, leaderboard, shown_columns
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def _optuna_plots(study: optuna.Study, out: Path, report: Report) -> None:
 
 def load_test_metrics(best_dir: Path) -> tuple[dict[str, Any] | None, list[str] | None, str | None]:
     """``(metrics, class names, why not)`` of the exported best model."""
-    metrics_path, labels_path = best_dir / "metrics.json", best_dir / "labels.json"
+    metrics_path, labels_path = best_dir / METRICS_FILE, best_dir / LABELS_FILE
     if not metrics_path.is_file():
         return None, None, f"no exported model ({metrics_path} is missing; run tune to the end or export)"
     try:
@@ -268,7 +268,8 @@ def build_report(run: RunDir, study: optuna.Study, record: dict[str, Any], *, ou
 
     matplotlib.use("Agg")  # files only; never a window (and no display on servers)
 
-    out = make_dir(Path(out_dir) if out_dir else run.path / "report", "--out")
+    out = make_dir(Path(out_dir) if out_dir else run.report, "--out")
+    write_json(out / REPORT_MARKER, {"run": run.run_id(record)})  # a later report of this run may replace it
     rows, columns = report_rows(study)
     report = Report(out_dir=out, html=out / "index.html", rows=rows, columns=columns)
     for name in PLOTS:  # an image left from an earlier report must not pass for a current one

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_ft.errors import UsageError
-from automl_ft.rundir import RunDir, format_command, make_dir, write_json
+from automl_ft.rundir import METRICS_FILE, ONNX_FILE, RunDir, format_command, make_dir, write_json
 
 
 @dataclass
@@ -27,6 +28,8 @@ class TuneOptions:
     task: str = "auto"
     text_column: str | None = None
     label_column: str | None = None
+    image_column: str | None = None
+    label_sep: str = "|"
     space: str | None = None
     trials: int = 8
     timeout: float | None = None
@@ -81,6 +84,40 @@ def default_study_name(data_source: str, fingerprint: str) -> str:
     return f"{stem}-{fingerprint[:8]}"
 
 
+def check_demo_options(opts: TuneOptions, run: RunDir, existing: dict[str, Any] | None) -> None:
+    """The demo (no DATA) is an image folder written into RUN_DIR/demo-data: refuse what cannot apply to it."""
+    from automl_ft.data import IMAGE
+    from automl_ft.data.demo import is_demo_folder
+
+    if opts.text_column or opts.label_column or opts.image_column:
+        raise UsageError("--text-column/--label-column/--image-column apply to tables only; the demo (no DATA) is an "
+                         "image folder")
+    if opts.task not in ("auto", IMAGE):
+        raise UsageError(f"--task {opts.task}: the demo (no DATA) is {IMAGE}; pass DATA for another task")
+    if existing is not None and run.resolve_path(str(existing.get("data_source"))) != str(run.demo_data):
+        raise UsageError(f"--out {run.path} holds another study (data {existing.get('data_source')!r}); pass a "
+                         "new --out for the demo")
+    if run.demo_data.exists() and not is_demo_folder(run.demo_data):
+        raise UsageError(f"{run.demo_data} exists but is not a complete demo data set; move it away and run again")
+
+
+def check_data_placement(run: RunDir, data: Path) -> None:
+    """A run folder inside its own DATA folder turns its outputs into data (report PNGs became a new image class);
+    DATA inside the run folder is data that tune, export or a later cleanup may overwrite. Both are refused."""
+    from automl_ft.rundir import is_inside
+
+    data = data.expanduser()
+    if not data.exists():
+        return  # load_dataset says so, with the fix
+    data = data.resolve()
+    if data.is_dir() and is_inside(run.path, data):
+        raise UsageError(f"--out {run.path} is inside the data folder {data}; the run's files would become data; "
+                         "pass an --out outside it")
+    if is_inside(data, run.path):
+        raise UsageError(f"DATA {data} is inside the run folder --out {run.path}; move the data out of it or pass "
+                         "another --out")
+
+
 def quiet_libraries() -> None:
     import optuna
 
@@ -94,19 +131,20 @@ def quiet_libraries() -> None:
 def run_tune(opts: TuneOptions) -> int:
     import optuna
 
-    from automl_ft.data import load_dataset
+    from automl_ft.data import IMAGE, load_dataset
     from automl_ft.data.demo import DEMO_NAME, write_digits
     from automl_ft.search.artifacts import TrialArtifacts, check_artifacts_option, make_artifact_store
     from automl_ft.search.objective import Objective, TrialFailed
     from automl_ft.search.progress import SearchProgress
     from automl_ft.search.space import load_space
-    from automl_ft.search.storage import default_storage_url, make_storage, redact_url
+    from automl_ft.search.storage import check_storage_url, make_storage, redact_url
     from automl_ft.search.study import (
         StudyBudget,
         best_trial,
         claim_abandoned,
         claim_export,
         count_done,
+        enqueue_first_trial,
         make_pruner,
         make_sampler,
         open_study,
@@ -118,52 +156,86 @@ def run_tune(opts: TuneOptions) -> int:
     started = time.time()
     quiet_libraries()
     run = RunDir(opts.out)
-    existing = run.check_usable()
-    device = resolve_device(opts.device)
+    demo = opts.data is None
     say = _printer()
 
-    if opts.data is None:
+    # 1. Every argument is checked before anything is written: a refused command leaves no file behind (a failed
+    # demo used to leave demo-data/ and then refuse the corrected command as "not a run folder").
+    existing = run.check_usable()
+    # What this command may undo if it fails before run.json is claimed: only entries it created itself.
+    before = None if existing is not None else set(run.path.iterdir()) if run.path.is_dir() else set()
+    made = not run.path.exists()
+    if demo:
+        check_demo_options(opts, run, existing)
+    else:
+        check_data_placement(run, Path(opts.data))
+    check_artifacts_option(opts.artifacts)
+    # The run's own database is recorded as RUN_DIR/study.db (also when given as --storage): the folder can move.
+    recorded_storage = run.normalize_storage(redact_url(opts.storage)) if opts.storage else run.default_storage
+    shown_storage = redact_url(opts.storage) if opts.storage else str(run.database)
+    url = opts.storage or run.storage_url(run.default_storage)
+    if opts.storage or run.path.is_dir():  # no connection and nothing written: in-memory, missing folder, read-only
+        check_storage_url(url, name=None if opts.storage else f"the run's database {run.database}")
+    storage = None
+    if opts.storage is not None and not url.lower().startswith("sqlite"):
+        storage = make_storage(url)  # a database server is reached now; nothing is written on this machine
+    device = resolve_device(opts.device)
+    space_file = opts.space
+    if demo:
+        from automl_ft.search.space import default_space_path
+
+        space_file = space_file or str(default_space_path("digits-demo"))
+        # The demo's task is known before its data exists: check the space before writing 1,797 images.
+        space = load_space(space_file, IMAGE, backbones=opts.backbones, trust_remote_code=opts.trust_remote_code)
         say(f"No DATA given: running the embedded demo ({DEMO_NAME}: 1,797 8x8 digit images, 10 classes, "
             "EfficientNet-Lite0).\nFor your own data: automl-ft tune PATH/TO/IMAGE_FOLDER_OR_TABLE --out RUN_DIR "
             "(an image folder with one sub-folder per class, or a CSV/TSV/JSONL/Parquet file with text and label "
             "columns).")
-        demo_dir = run.path / "demo-data"
-        if existing is not None and existing.get("data_source") != str(demo_dir.resolve()):
-            raise UsageError(f"--out {run.path} holds another study (data {existing.get('data_source')!r}); pass a "
-                             "new --out for the demo")
-        make_dir(run.path, "--out")
-        data_path = write_digits(demo_dir)
-    else:
-        data_path = Path(opts.data)
-    data = load_dataset(data_path, task=opts.task, text_column=opts.text_column, label_column=opts.label_column,
-                        seed=opts.seed)
-    space_file = opts.space
-    if opts.data is None and space_file is None:
-        from automl_ft.search.space import default_space_path
 
-        space_file = str(default_space_path("digits-demo"))
-    space = load_space(space_file, data.task, backbones=opts.backbones, trust_remote_code=opts.trust_remote_code)
-    url = opts.storage or default_storage_url(run.path)
-    study_name = opts.study or default_study_name(data.source if opts.data else DEMO_NAME, data.fingerprint) + (
-        "-latency" if opts.multi_objective else "")
-    if opts.storage is not None:
-        storage = make_storage(url)  # a user's URL is checked before anything is written
-    identity = {"task": data.task, "data_fingerprint": data.fingerprint, "study": study_name,
-                "storage": redact_url(url), "data_source": data.source, "space_file": space.file,
-                "space_fingerprint": space.fingerprint(), "seed": opts.seed, "artifacts": opts.artifacts,
-                "objective": opts.objective, "max_latency_ms": opts.max_latency_ms,
-                "data_options": {"task": opts.task, "text_column": opts.text_column,
-                                 "label_column": opts.label_column, "seed": opts.seed}}
-    check_artifacts_option(opts.artifacts)  # refused before the run folder is written
-    record = run.claim(identity, format_command(opts.argv), existing)
-    if opts.storage is None:
-        storage = make_storage(url)
-    store, store_desc, shared = make_artifact_store(opts.artifacts, run.path)
+    def load(seed: int):
+        return load_dataset(run.demo_data if demo else Path(opts.data), task=opts.task,
+                            text_column=opts.text_column, label_column=opts.label_column,
+                            image_column=opts.image_column, label_sep=opts.label_sep, seed=seed)
+
+    try:
+        if demo:
+            make_dir(run.path, "--out")
+            write_digits(run.demo_data)  # the only write before the checks below, undone if they fail
+        data = load(opts.seed)
+        if not demo:
+            space = load_space(space_file, data.task, backbones=opts.backbones,
+                               trust_remote_code=opts.trust_remote_code)
+        study_name = opts.study or default_study_name(data.source if not demo else DEMO_NAME, data.fingerprint) + (
+            "-latency" if opts.multi_objective else "")
+        identity = {"task": data.task, "data_fingerprint": data.fingerprint, "study": study_name,
+                    "storage": recorded_storage, "data_source": run.record_path(data.source),
+                    "space_file": space.file, "space_fingerprint": space.fingerprint(), "seed": opts.seed,
+                    "artifacts": opts.artifacts, "objective": opts.objective, "max_latency_ms": opts.max_latency_ms,
+                    "data_options": {"task": opts.task, "text_column": opts.text_column,
+                                     "label_column": opts.label_column, "image_column": opts.image_column,
+                                     "label_sep": opts.label_sep, "seed": opts.seed}}
+        run.check_identity(identity, existing, fingerprint_with_seed=lambda seed: load(seed).fingerprint)
+        if existing is not None and run.best.is_dir() and any(run.best.iterdir()) and \
+                not run.owns_export(existing, run.best):
+            raise UsageError(f"{run.best} holds files that are not an export of this run (tune exports the best model "
+                             "there); move them away and run again")
+
+        # 2. Everything checked: write. The storage and the artifact store open before run.json is claimed, so a
+        # failure there leaves no run record behind (and a run folder this command created is removed).
+        make_dir(run.path, "--out")
+        if storage is None:
+            storage = make_storage(url)
+        store, store_desc, shared = make_artifact_store(opts.artifacts, run.path)
+        record = run.claim(identity, format_command(opts.argv), existing)
+    except BaseException:
+        if before is not None and not run.run_file.exists():
+            _undo(run.path, before, made)
+        raise
     artifacts = TrialArtifacts(store, storage, shared=shared)
     if not url.startswith("sqlite") and not shared:
         say(f"Note: trial checkpoints stay in {store_desc} on this machine; pass --artifacts /shared/path (or "
             "s3://bucket/prefix) so workers on other machines can resume and export each other's trials.")
-    write_json(run.path / "data_summary.json", data.summary)
+    write_json(run.data_summary, data.summary)
 
     sampler = make_sampler(space, opts.trials, opts.seed)
     pruner = make_pruner(space, multi_objective=opts.multi_objective,
@@ -176,14 +248,19 @@ def run_tune(opts: TuneOptions) -> int:
     if retried:
         say(f"Resuming: retrying interrupted trial(s) {', '.join(map(str, retried))} from their last finished epoch.")
     first = space.first_trial_params()
-    if first and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(first, user_attrs={"origin": "first_trial"}, skip_if_exists=True)
+    enqueue_first_trial(storage, study, first)
 
     done = count_done(study)
     remaining = max(0, opts.trials - done)
-    say(f"Study {study_name!r} ({redact_url(url)}): {done} of {opts.trials} trials done, {remaining} to run on "
+    say(f"Study {study_name!r} ({shown_storage}): {done} of {opts.trials} trials done, {remaining} to run on "
         f"{device.type}; data {data.task}, {data.num_classes} classes, "
         f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test.")
+    if opts.task == "auto" and data.summary.get("task_reason"):
+        from automl_ft.tasks import FULL_TASKS
+
+        others = [t for t in FULL_TASKS if t.startswith(f"{data.modality}-") and t != data.task]
+        say(f"Task {data.task} ({data.summary['task_reason']}); to override, pass --task "
+            f"{' or '.join(others)}.")
     for warning in data.summary.get("warnings", []):
         say(f"Warning: {warning}.")
     deadline = started + opts.timeout if opts.timeout else None
@@ -338,7 +415,7 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
     if not (trial_dir / "model.safetensors").is_file():
         raise UsageError(f"trial {best.number} has no checkpoint in {trial_dir}; run export on the machine that "
                          "trained it or with --artifacts")
-    search = search_summary(study, best, url, space, started)
+    search = search_summary(study, best, record.get("storage") or url, space, started)
     say(f"Evaluating trial {best.number} on the test split and exporting to ONNX ...")
 
     def card(directory: Path, metrics: dict[str, Any]) -> None:
@@ -347,7 +424,7 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
                          leaderboard_md=markdown_table(leaderboard(study, limit=20)))
 
     return export_trial(trial_dir, out_dir, data, caches=caches, card_writer=card,
-                        extra_metrics={"trial": best.number, "study": study.study_name,
+                        extra_metrics={"run": run.run_id(record), "trial": best.number, "study": study.study_name,
                                        "val_accuracy": best.values[0], "latency": best.user_attrs.get("latency")})
 
 
@@ -356,12 +433,28 @@ def _exported_metrics(best_dir: Path, study_name: str, trial: int) -> dict[str, 
     import json
 
     try:
-        metrics = json.loads((best_dir / "metrics.json").read_text())
+        metrics = json.loads((best_dir / METRICS_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if metrics.get("study") == study_name and metrics.get("trial") == trial and (best_dir / "model.onnx").is_file():
+    if metrics.get("study") == study_name and metrics.get("trial") == trial and (best_dir / ONNX_FILE).is_file():
         return metrics
     return None
+
+
+def _undo(folder: Path, before: set[Path], made: bool) -> None:
+    """Remove what a failed tune created in ``folder`` (the folder too, if it made it); nothing else is touched."""
+    if not folder.is_dir():
+        return
+    for entry in set(folder.iterdir()) - before:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if made:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _printer():

@@ -11,13 +11,14 @@ import torch
 
 from automl_ft.cli import main
 from automl_ft.config import TrialConfig
+from automl_ft.rundir import RunDir
 from automl_ft.search import objective as objective_module
 from automl_ft.search.objective import Objective, TrialFailed
 
 
 def study_of(run):
     record = json.loads((run / "run.json").read_text())
-    return optuna.load_study(study_name=record["study"], storage=record["storage"])
+    return optuna.load_study(study_name=record["study"], storage=RunDir(run).storage_url(record["storage"]))
 
 
 def test_nan_loss_prunes_the_trial_with_its_reason(tmp_path, text_csv, tiny_text_space, monkeypatch, capsys):

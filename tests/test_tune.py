@@ -16,13 +16,14 @@ import optuna
 import pytest
 
 from automl_ft.cli import main
+from automl_ft.rundir import RunDir
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def load_study(run: Path) -> optuna.Study:
     record = json.loads((run / "run.json").read_text())
-    return optuna.load_study(study_name=record["study"], storage=record["storage"])
+    return optuna.load_study(study_name=record["study"], storage=RunDir(run).storage_url(record["storage"]))
 
 
 def states(study: optuna.Study) -> dict[str, int]:
