@@ -22,7 +22,7 @@ class LoRALinear(nn.Module):
         base: the pretrained layer; its weight and bias are frozen here.
         r: adapter rank (1..256). alpha: scaling numerator (scaling = alpha / r).
         dropout: LoRA dropout on the adapter branch's input.
-        backend: kernel backend of :func:`lora_linear` ("auto", "triton", "torch").
+        backend: kernel backend of :func:`lora_linear` ("auto", "triton", "addmm", "torch").
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, backend: str = "auto"):
