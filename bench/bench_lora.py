@@ -1,12 +1,17 @@
 """Fused LoRA linear layer vs the PyTorch reference, PEFT's LoRA layer and the bare frozen layer (the floor).
 
-The floor is what a frozen layer costs with no adapter at all: the forward GEMM plus the dx GEMM of backward.
-Speed-ups are PEFT's time over ours; ``x_floor`` is a provider's time over the floor's (1.00 = LoRA for free).
+Providers: ``fused`` is ``lora_linear(backend="triton")`` (every GEMM in Triton), ``fused-addmm`` is
+``backend="addmm"`` (the frozen GEMMs in cuBLAS through torch.addmm/mm, the low-rank and dropout pieces in the same
+Triton kernels); ``backend="auto"`` picks the faster of the two per shape, and its pick is recorded in the results
+(``config.auto_choice``). The floor is what a frozen layer costs with no adapter at all: the forward GEMM plus the dx
+GEMM of backward. Speed-ups are PEFT's time over ours; ``x_floor`` is a provider's time over the floor's (1.00 = LoRA
+for free).
 
     python bench/bench_lora.py                          # CUDA, bf16: real layer shapes, r=16, dropout 0 and 0.1
     python bench/bench_lora.py --preset target          # the issue's target: M=8192, K=N=4096, r=16
     python bench/bench_lora.py --preset ranks           # r = 8 / 16 / 64 on the 7B-class projection
     python bench/bench_lora.py --device cpu --quick     # smoke run (fused only under TRITON_INTERPRET=1)
+    python bench/bench_lora.py --device cpu --providers reference,peft,floor --shapes 2048,768,768  # CPU reference
     automl-ft bench lora [same flags]
 
 Results: ``bench/results/lora-<device>-<date>.{json,csv}`` (``--out`` elsewhere) and a rich table.
@@ -15,6 +20,7 @@ Results: ``bench/results/lora-<device>-<date>.{json,csv}`` (``--out`` elsewhere)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,7 +58,8 @@ PRESETS: dict[str, list[Shape]] = {
     "quick": [Shape("tiny", 72, 80, 56)],
 }
 PRESET_RANKS = {"default": [16], "target": [16], "ranks": [8, 16, 64], "quick": [4]}
-PROVIDERS = ("fused", "reference", "peft", "floor")
+PROVIDERS = ("fused", "fused-addmm", "reference", "peft", "floor")
+FUSED = {"fused": "triton", "fused-addmm": "addmm"}  # provider -> lora_linear backend
 MODES = ("fwd", "bwd", "fwd+bwd")
 
 
@@ -120,6 +127,7 @@ def run_case(shape: Shape, r: int, dropout: float, *, device: str, dtype, provid
     """Time every provider and mode on one shape; rows carry ms, peak MiB, speed-up vs PEFT and ratio to the floor."""
     import torch
     import torch.nn.functional as F
+
     from automl_ft.kernels import lora_linear
     from automl_ft.kernels.reference import lora_linear_reference
 
@@ -138,9 +146,9 @@ def run_case(shape: Shape, r: int, dropout: float, *, device: str, dtype, provid
     dy = rand(shape.tokens, n)
 
     def make(provider):
-        if provider == "fused":
-            return (lambda: lora_linear(x, weight, bias, lora_a, lora_b, scaling, dropout, True, backend="triton"),
-                    [x, lora_a, lora_b])
+        if provider in FUSED:
+            return (lambda: lora_linear(x, weight, bias, lora_a, lora_b, scaling, dropout, True,
+                                        backend=FUSED[provider]), [x, lora_a, lora_b])
         if provider == "reference":
             return (lambda: lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout, True),
                     [x, lora_a, lora_b])
@@ -165,9 +173,10 @@ def run_case(shape: Shape, r: int, dropout: float, *, device: str, dtype, provid
     return rows
 
 
-def _max_rel_err(shape: Shape, r: int, device: str, dtype) -> float:
+def _max_rel_err(shape: Shape, r: int, device: str, dtype, backend: str = "triton") -> float:
     """Fused vs reference on this shape (no dropout): max |diff| / max |ref| of the output, a sanity check."""
     import torch
+
     from automl_ft.kernels import lora_linear
     from automl_ft.kernels.reference import lora_linear_reference
 
@@ -176,13 +185,40 @@ def _max_rel_err(shape: Shape, r: int, device: str, dtype) -> float:
     t = [(torch.randn(*s, generator=gen) * sc).to(device=device, dtype=dtype)
          for s, sc in [((shape.tokens, k), 1.0), ((n, k), k**-0.5), ((n,), 0.1), ((r, k), k**-0.5), ((n, r), 0.1)]]
     with torch.no_grad():
-        ours = lora_linear(*t, 2.0, backend="triton").float()
+        ours = lora_linear(*t, 2.0, backend=backend).float()
         ref = lora_linear_reference(*[v.double() for v in t], 2.0).float()
     return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
+def _auto_choice(shape: Shape, r: int, dropout: float, device: str, dtype) -> str:
+    """What ``backend="auto"`` picks for this shape (it times triton vs addmm itself, once per shape)."""
+    import torch
+
+    from automl_ft.kernels.lora import auto_base
+
+    k, n = shape.k, shape.n
+    t = [torch.zeros(*s, device=device, dtype=dtype) for s in [(shape.tokens, k), (n, k), (n,), (r, k), (n, r)]]
+    return auto_base(*t, dropout)
+
+
+def chosen_configs() -> dict[str, dict[str, str]]:
+    """The autotuner's pick per kernel and key (what the figures ran with)."""
+    from automl_ft.kernels import lora
+
+    out = {}
+    for name in ("_lora_xa_kernel", "_lora_fwd_kernel", "_lora_bwd_dyb_db_kernel", "_lora_bwd_dx_kernel"):
+        tuner = getattr(lora, name, None)
+        if tuner is not None:
+            picks = {str(key): str(cfg) for key, cfg in getattr(tuner, "cache", {}).items()}
+            if not picks and getattr(tuner, "best_config", None) is not None:
+                picks = {"(single config)": str(tuner.best_config)}
+            out[name] = picks
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
+
     from automl_ft.kernels import TRITON_INTERPRETER
 
     parser = argparse.ArgumentParser(prog="automl-ft bench lora", description=__doc__.split("\n\n")[0])
@@ -218,28 +254,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda but no CUDA device is visible; use --device cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if on_cuda else "fp32")]
-    if "fused" in providers and not on_cuda and not TRITON_INTERPRETER:
-        print("note: no CUDA and TRITON_INTERPRET is not set: the fused provider is skipped on the CPU")
-        providers = [p for p in providers if p != "fused"]
+    if any(p in FUSED for p in providers) and not on_cuda and not TRITON_INTERPRETER:
+        print("note: no CUDA and TRITON_INTERPRET is not set: the fused providers are skipped on the CPU")
+        providers = [p for p in providers if p not in FUSED]
     quick = args.quick or preset == "quick"
     warmup = args.warmup_ms if args.warmup_ms is not None else (2 if quick else 25)
     rep = args.rep_ms if args.rep_ms is not None else (10 if quick else 100)
 
     rows: list[dict[str, Any]] = []
     errors = {}
+    auto = {}
     for shape in shapes:
         for r in ranks:
-            if "fused" in providers:
-                errors[f"{shape.name} M={shape.tokens} r={r}"] = _max_rel_err(shape, r, args.device, dtype)
+            for provider in providers:
+                if provider in FUSED:
+                    errors[f"{provider} {shape.name} M={shape.tokens} r={r}"] = _max_rel_err(
+                        shape, r, args.device, dtype, FUSED[provider])
             for p in dropouts:
                 rows.extend(run_case(shape, r, p, device=args.device, dtype=dtype, providers=providers,
                                      modes=modes, warmup_ms=warmup, rep_ms=rep))
+                if on_cuda and all(q in providers for q in FUSED):
+                    auto[f"{shape.name} M={shape.tokens} r={r} dropout={p}"] = _auto_choice(shape, r, p, args.device,
+                                                                                          dtype)
 
     env = environment(args.device)
     config = {"preset": preset, "dtype": str(dtype).replace("torch.", ""), "ranks": ranks, "dropout": dropouts,
               "modes": modes, "providers": providers, "warmup_ms": warmup, "rep_ms": rep,
               "timing": "triton.testing.do_bench median" if on_cuda else "perf_counter median (CPU)",
-              "fused_vs_reference_max_rel_err": errors, "shapes": [vars(s) for s in shapes]}
+              "fused_vs_reference_max_rel_err": errors, "auto_choice": auto,
+              "chosen_configs": chosen_configs() if any(q in FUSED for q in providers) else {},
+              "single_config": os.environ.get("AUTOML_FT_SINGLE_CONFIG", "0"), "shapes": [vars(s) for s in shapes]}
     json_path, csv_path = write_results("lora", rows, env, config, out_dir=args.out)
     print_table(f"LoRA linear, {config['dtype']} on {env['device']} (ms: median; x_floor: / frozen layer; "
                 f"vs_peft: PEFT / this)", rows,

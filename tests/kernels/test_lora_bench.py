@@ -6,6 +6,7 @@ import json
 
 import torch
 from automl_ft.bench import bench_lora
+
 from automl_ft.kernels import TRITON_INTERPRETER
 
 
@@ -20,7 +21,8 @@ def test_bench_lora_smoke(tmp_path, capsys):
     assert data["environment"]["device"] and data["environment"]["date"] and data["environment"]["torch"]
     rows = data["results"]
     providers = {r["provider"] for r in rows}
-    expected = {"reference", "peft", "floor"} | ({"fused"} if device == "cuda" or TRITON_INTERPRETER else set())
+    expected = {"reference", "peft", "floor"} | ({"fused", "fused-addmm"} if device == "cuda" or TRITON_INTERPRETER
+                                                else set())
     assert providers == expected
     assert {r["mode"] for r in rows} == set(bench_lora.MODES) and {r["dropout"] for r in rows} == {0.0, 0.1}
     assert all(r["ms"] > 0 and r["x_floor"] > 0 and r["vs_peft"] > 0 for r in rows)
