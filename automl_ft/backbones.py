@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from automl_ft.data import IMAGE, TEXT
+from automl_ft.modalities import IMAGE, TEXT
 from automl_ft.errors import BackboneError
 
 
@@ -119,8 +119,7 @@ def register_backbone(name: str, task: str, description: str, num_blocks: int | 
     """Decorator registering a backbone factory under a lowercase name."""
     if name != name.lower():
         raise ValueError(f"backbone names are lowercase, got {name!r}")
-    if task not in (IMAGE, TEXT):
-        raise ValueError(f"unknown task {task!r}")
+    task = modality_of(task)
 
     def deco(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _REGISTRY:
@@ -131,9 +130,19 @@ def register_backbone(name: str, task: str, description: str, num_blocks: int | 
     return deco
 
 
+def modality_of(task: str) -> str:
+    """A backbone serves a modality: ``text``/``image``, or the modality of a full task name (``text-regression``)."""
+    if task in (IMAGE, TEXT):
+        return task
+    from automl_ft.tasks import split_task_name
+
+    return split_task_name(task)[0]
+
+
 def list_backbones(task: str | None = None) -> list[str]:
-    """Registered (offline) backbone names, optionally for one task."""
-    return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+    """Registered (offline) backbone names, optionally for one modality (or the modality of a task name)."""
+    modality = None if task is None else modality_of(task)
+    return sorted(n for n, e in _REGISTRY.items() if modality is None or e.task == modality)
 
 
 def get_entry(name: str) -> BackboneEntry:
@@ -183,9 +192,10 @@ def resolve_name(name: str, task: str | None = None) -> ResolvedName:
     if resolved is None:
         raise BackboneError(f"unknown backbone {name!r}; use one of {', '.join(list_backbones())}, a timm model name, "
                             "a Hugging Face id (org/name) or a local model folder")
-    if task is not None and resolved.task != task:
-        raise BackboneError(f"backbone {name!r} is for {resolved.task}, but the data is {task}; pick a "
-                            f"{task} backbone ({', '.join(list_backbones(task))})")
+    if task is not None and resolved.task != modality_of(task):
+        modality = modality_of(task)
+        raise BackboneError(f"backbone {name!r} is for {resolved.task} data, but the data is {modality}; pick a "
+                            f"{modality} backbone ({', '.join(list_backbones(modality))})")
     return resolved
 
 

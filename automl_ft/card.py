@@ -7,7 +7,10 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from automl_ft.tasks import Task
 
 CARD_FILE = "model_card.md"
 PACKAGES = ("automl-ft", "torch", "triton", "optuna", "transformers", "timm", "onnx", "onnxruntime", "tokenizers",
@@ -29,18 +32,22 @@ def _pct(v: Any) -> str:
 
 
 def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[str, Any],
-                     data_summary: dict[str, Any], search: dict[str, Any], commands: list[str],
+                     data_summary: dict[str, Any], search: dict[str, Any], commands: list[str], task: Task,
                      leaderboard_md: str = "") -> Path:
     """Write ``model_card.md`` into ``directory``.
 
     Args:
+        task: the fitted task: its metric rows, primary metric and output format.
         metrics: what export wrote to metrics.json (test metrics and the ONNX check).
         config: the trial's TrialConfig as a dict. data_summary: the data summary.
         search: study name, storage (redacted), sampler, pruner, counts by state, best trial and value, times.
         commands: the exact command lines that built the study.
     """
+    from automl_ft.metrics import format_metric
+
     test = metrics.get("test", {})
     onnx = metrics.get("onnx", {})
+    metric = task.primary_metric
     classes = data_summary.get("classes", [])
     dropped = data_summary.get("dropped", {})
     lines = [
@@ -56,15 +63,20 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         "",
         "`model.onnx` takes " + (
             "`input_ids` and `attention_mask` (int64, [batch, sequence]) from `tokenizer.json`"
-            if config.get("task") == "text-classification" else
+            if str(config.get("task", "")).startswith("text-") else
             f"`pixel_values` (float32, [batch, 3, {config.get('image_size')}, {config.get('image_size')}], "
-            "preprocessing in `preprocess.json`)") + " and returns `logits` over the classes in `labels.json`.",
+            "preprocessing in `preprocess.json`)") + f" and returns `logits`: {task.output_doc}.",
         "",
         "## Data",
         "",
         f"- Source: `{data_summary.get('source')}`",
-        f"- Classes ({data_summary.get('num_classes')}): " + ", ".join(f"`{c}`" for c in classes[:30])
-        + (" ..." if len(classes) > 30 else ""),
+        (f"- Classes ({len(classes)}): " + ", ".join(f"`{c}`" for c in classes[:30])
+         + (" ..." if len(classes) > 30 else "")) if classes else "- Target: one number per example",
+        f"- Task: {config.get('task')}" + (f" ({data_summary['task_reason']})" if data_summary.get("task_reason")
+                                           else ""),
+        f"- Primary metric: {metric} ({task.direction})" + (
+            ": the classes are imbalanced (smallest under a third of the largest), so macro F1 rather than accuracy"
+            if task.imbalanced else ""),
         f"- Examples read: {data_summary.get('examples_read')}, kept: {data_summary.get('examples_kept')}",
         "- Dropped: " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dropped.items()
                                    if isinstance(v, int) and v) or "nothing"),
@@ -79,7 +91,8 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
     ]
     for key in ("backbone", "adaptation", "freeze_depth", "lora_rank", "lora_alpha", "lora_dropout", "lr",
                 "head_lr_scale", "weight_decay", "label_smoothing", "dropout", "batch_size", "grad_accumulation",
-                "epochs", "warmup_ratio", "max_grad_norm", "patience", "max_length", "image_size", "augment", "seed"):
+                "epochs", "warmup_ratio", "max_grad_norm", "patience", "max_length", "image_size", "augment", "loss",
+                "imbalance", "seed"):
         if key.startswith("lora_") and config.get("adaptation") != "lora":
             continue
         if config.get(key) is not None:
@@ -92,7 +105,8 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         f"- Study `{search.get('study')}` in `{search.get('storage')}`",
         f"- Sampler: {search.get('sampler')}; pruner: {search.get('pruner')}",
         f"- Trials: {', '.join(f'{n} {state}' for state, n in (search.get('counts') or {}).items()) or 'none'}",
-        f"- Best: trial {search.get('best_trial')} with validation accuracy {_pct(search.get('best_value'))} "
+        f"- Best: trial {search.get('best_trial')} with validation {metric} "
+        f"{format_metric(metric, search.get('best_value')) or 'n/a'} "
         f"(epoch {search.get('best_epoch')})",
         f"- Search wall time: {search.get('minutes', 0):.1f} min",
         "",
@@ -101,30 +115,32 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         lines.insert(-1, f"- Latency of the chosen model: {search['best_latency_ms']:.2f} ms (onnxruntime, CPU, batch 1, "
                          "median after warm-up)")
     if search.get("pareto_front"):
-        lines += ["### Pareto front (accuracy vs latency)", "", "| trial | val accuracy | latency ms |", "|---|---|---|"]
-        lines += [f"| {p['trial']} | {_pct(p['val_accuracy'])} | {p['latency_ms']:.2f} |" for p in search["pareto_front"]]
+        lines += [f"### Pareto front ({metric} vs latency)", "", f"| trial | val {metric} | latency ms |", "|---|---|---|"]
+        lines += [f"| {p['trial']} | {format_metric(metric, p['val_score'])} | {p['latency_ms']:.2f} |"
+                  for p in search["pareto_front"]]
         lines.append("")
     if leaderboard_md:
         lines += ["### Leaderboard", "", leaderboard_md, ""]
     lines += [
         "## Test metrics (held-out test split, evaluated once)",
         "",
-        f"- Accuracy: {_pct(test.get('accuracy'))}",
-        f"- Macro precision / recall / F1: {_pct(test.get('macro_precision'))} / {_pct(test.get('macro_recall'))} / "
-        f"{_pct(test.get('macro_f1'))}",
-        f"- Examples: {test.get('num_examples')}",
-        "- Confusion matrix (rows: true, columns: predicted) in `metrics.json`",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in task.card_rows(test)),
+        "",
+        f"- Examples: {test.get('num_examples')}; every metric, per class or per label, in `metrics.json`",
         "",
         "## ONNX check (onnxruntime against PyTorch)",
         "",
         f"- Exporter: {onnx.get('exporter')}; samples: {onnx.get('num_samples')}",
         f"- Max abs logit difference: {onnx.get('max_abs_logit_diff', float('nan')):.3g}",
-        f"- Predicted-class agreement: {_pct(onnx.get('prediction_agreement'))}",
+        f"- Prediction agreement: {_pct(onnx.get('prediction_agreement'))}",
         "",
     ]
     if metrics.get("int8"):
         q = metrics["int8"]
-        lines += ["## INT8", "", f"- {q.get('method')}: test accuracy {_pct(q.get('test_accuracy'))}, "
+        lines += ["## INT8", "", f"- {q.get('method')}: test {q.get('metric', 'accuracy')} "
+                  f"{format_metric(q.get('metric', 'accuracy'), q.get('test_score', q.get('test_accuracy')))}, "
                   f"usable: {q.get('usable')}" + (f" ({q.get('reason')})" if q.get("reason") else ""), ""]
     lines += ["## Made with", "", "```"]
     lines += [f"{k}=={v}" for k, v in package_versions().items()]

@@ -89,7 +89,7 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
     say = _printer()
     metrics = export_best(run, study, chosen, data, caches=None, record=record, url=url, space=None, started=None,
                           say=say, out_dir=out_dir)
-    say(f"Exported trial {chosen.number} to {out_dir}: test accuracy {100 * metrics['test']['accuracy']:.2f}%, "
+    say(f"Exported trial {chosen.number} to {out_dir}: test {data.fitted_task().describe(metrics['test'])}, "
         f"ONNX agreement {100 * metrics['onnx']['prediction_agreement']:.2f}%.")
     if int8:
         add_int8(out_dir, data, say)
@@ -100,11 +100,14 @@ def add_int8(model_dir: Path, data: Any, say) -> dict[str, Any]:
     """Quantize an exported model and say whether the INT8 model is usable (and why not)."""
     from automl_ft.quantize import quantize_model
 
-    say("Quantizing to INT8 and checking its test accuracy ...")
+    from automl_ft.metrics import format_metric
+
+    say("Quantizing to INT8 and checking its test metric ...")
     q = quantize_model(model_dir, data)
     verdict = "usable" if q.get("usable") else f"NOT usable: {q.get('reason')}"
-    say(f"INT8 ({q.get('method')}): test accuracy {100 * q['test_accuracy']:.2f}% against "
-        f"{100 * q['fp32_test_accuracy']:.2f}% in fp32; {verdict}." if q.get("test_accuracy") is not None
+    metric = q.get("metric", "accuracy")
+    say(f"INT8 ({q.get('method')}): test {metric} {format_metric(metric, q['test_score'])} against "
+        f"{format_metric(metric, q['fp32_test_score'])} in fp32; {verdict}." if q.get("test_score") is not None
         else f"INT8: {verdict}.")
     return q
 

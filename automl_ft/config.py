@@ -11,18 +11,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from automl_ft.data import IMAGE, TASKS, TEXT
+from automl_ft.modalities.image import AUGMENTS  # noqa: F401  (re-exported: the search space validates with it)
 
-AUGMENTS = ("none", "crop", "crop-flip", "randaugment")
+IMBALANCE = ("none", "weighted", "sampler")
 
 
 @dataclass
 class TrialConfig:
     """Hyper-parameters and set-up of one fine-tuning run (one Optuna trial)."""
 
-    task: str
+    task: str  # full name, modality-problem: text-classification, image-regression, ...
     backbone: str
-    num_classes: int
+    num_classes: int  # outputs of the head: classes (classification, multilabel) or 1 (regression)
     freeze_depth: int = 0
     adaptation: str = "full"
     lora_rank: int | None = None
@@ -44,13 +44,20 @@ class TrialConfig:
     image_size: int | None = None
     augment: str | None = None
     seed: int = 0
+    # the task's searched choices: regression's loss (mse | huber); imbalanced classification's remedy
+    loss: str | None = None
+    imbalance: str | None = None
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        from automl_ft.modalities import get_modality
+        from automl_ft.tasks import split_task_name
+
+        split_task_name(self.task)  # ValueError naming the known tasks
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes (the head's outputs) must be >= 1, got {self.num_classes}")
+        if self.imbalance is not None and self.imbalance not in IMBALANCE:
+            raise ValueError(f"imbalance must be one of {IMBALANCE}, got {self.imbalance!r}")
         if self.adaptation not in ("full", "lora"):
             raise ValueError(f"adaptation must be 'full' or 'lora', got {self.adaptation!r}")
         if self.adaptation == "lora":
@@ -71,13 +78,21 @@ class TrialConfig:
             raise ValueError("label_smoothing, dropout and warmup_ratio must be below 1")
         if self.batch_size < 1 or self.epochs < 1 or self.grad_accumulation < 1 or self.patience < 1:
             raise ValueError("batch_size, epochs, grad_accumulation and patience must be >= 1")
-        if self.task == TEXT and (self.max_length is None or self.max_length < 8):
-            raise ValueError(f"text trials need max_length >= 8, got {self.max_length}")
-        if self.task == IMAGE:
-            if self.image_size is None or self.image_size < 16:
-                raise ValueError(f"image trials need image_size >= 16, got {self.image_size}")
-            if (self.augment or "none") not in AUGMENTS:
-                raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        error = get_modality(self.modality).config_error(self)
+        if error:
+            raise ValueError(error)
+
+    @property
+    def modality(self) -> str:
+        from automl_ft.tasks import split_task_name
+
+        return split_task_name(self.task)[0]
+
+    @property
+    def problem(self) -> str:
+        from automl_ft.tasks import split_task_name
+
+        return split_task_name(self.task)[1]
 
     @property
     def effective_batch_size(self) -> int:

@@ -3,7 +3,8 @@
 The exported directory is self-contained for ``automl-ft predict`` (which needs no torch)::
 
     model.onnx          dynamic batch axis (and sequence axis for text)
-    labels.json         class names in output order
+    labels.json         class names in output order (empty for regression)
+    task.json           the fitted task: codec (standardization), thresholds (multi-label), primary metric
     preprocess.json     the eval-time preprocessing (plus tokenizer.json for text)
     config.json         the trial's TrialConfig
     metrics.json        test metrics, and the ONNX-vs-PyTorch check
@@ -32,8 +33,9 @@ from safetensors.torch import save_file
 
 from automl_ft.adapt import merge_lora
 from automl_ft.config import TrialConfig
-from automl_ft.data import IMAGE, LabeledData, Split
-from automl_ft.metrics import classification_metrics
+from automl_ft.data import LabeledData, Split
+from automl_ft.modalities import TEXT, get_modality
+from automl_ft.predict import TASK_FILE
 from automl_ft.preprocess import save_preprocess
 from automl_ft.rundir import LABELS_FILE, METRICS_FILE, ONNX_FILE, TORCH_FILE, make_dir
 from automl_ft.train import PEFT_DIR, Caches, load_trained_model, make_batches, make_preprocess, save_adapter
@@ -110,7 +112,7 @@ def export_onnx(model: torch.nn.Module, config: TrialConfig, path: Path) -> str:
     """
     model = model.cpu().eval()
     errors = []
-    if config.task != IMAGE and is_fusable_text_model(model):
+    if config.modality == TEXT and is_fusable_text_model(model):
         try:
             ops = export_text_fused(model, path)
             if ops.get("Attention"):
@@ -118,23 +120,13 @@ def export_onnx(model: torch.nn.Module, config: TrialConfig, path: Path) -> str:
             errors.append("fused: no attention fused")
         except Exception as e:  # fall through to the generic exporters
             errors.append(f"fused: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
-    if config.task == IMAGE:
-        size = int(config.image_size)
-        args: tuple = (torch.randn(2, 3, size, size),)
-        names = ["pixel_values"]
-    else:
-        seq = 16
-        args = (torch.randint(1000, 2000, (2, seq)), torch.ones(2, seq, dtype=torch.long))
-        names = ["input_ids", "attention_mask"]
+    modality = get_modality(config.modality)
+    args, shapes, axes = modality.onnx_example(config)
+    names = list(modality.input_names)
+    axes = {**axes, "logits": {0: "batch"}}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            if config.task == IMAGE:
-                shapes: dict[str, Any] = {"pixel_values": {0: batch}}
-            else:
-                seq_dim = torch.export.Dim("sequence", min=1, max=max(int(config.max_length or 512), 16))
-                shapes = {n: {0: batch, 1: seq_dim} for n in names}
             torch.onnx.export(model, args, str(path), input_names=names, output_names=["logits"],
                               dynamic_shapes=shapes, dynamo=True, external_data=False, opset_version=OPSET,
                               verbose=False)
@@ -142,8 +134,6 @@ def export_onnx(model: torch.nn.Module, config: TrialConfig, path: Path) -> str:
         except Exception as e:  # fall back to the TorchScript exporter
             errors.append(f"dynamo: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
         try:
-            axes = {n: ({0: "batch"} if config.task == IMAGE else {0: "batch", 1: "sequence"}) for n in names}
-            axes["logits"] = {0: "batch"}
             torch.onnx.export(model, args, str(path), input_names=names, output_names=["logits"],
                               dynamic_axes=axes, dynamo=False, opset_version=17)
             return "torchscript"
@@ -159,7 +149,7 @@ def onnx_logits(session: Any, batches) -> np.ndarray:
         feeds = {k: v.numpy() for k, v in inputs.items()}
         logits = session.run(["logits"], feeds)[0]
         if out is None:
-            out = np.zeros((len(batches.labels), logits.shape[1]), dtype=np.float32)
+            out = np.zeros((len(batches.targets), logits.shape[1]), dtype=np.float32)
         out[idx] = logits
     assert out is not None
     return out
@@ -178,6 +168,9 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
                  card_writer: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Evaluate a trial on the test split and export it to ``out_dir`` (replaced atomically).
 
+    The task is first calibrated on the validation split (multi-label decision thresholds), so the test metrics,
+    the ONNX check and ``predict`` all use the thresholds saved in ``task.json``.
+
     Args:
         card_writer: writes the model card into the new directory, given the metrics, before it is swapped in.
 
@@ -186,6 +179,7 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
     """
     import onnxruntime as ort
 
+    from automl_ft.tasks import load_task
     from automl_ft.train import predict_logits
 
     caches = caches or Caches()
@@ -202,30 +196,34 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
         merged = merge_lora(model)
         model.eval()
         pre = make_preprocess(backbone, config)
-        test_batches = make_batches(config, data.test, pre, caches, train=False, batch_size=64)
-        torch_logits, labels = predict_logits(model, test_batches, torch.device("cpu"))
-        test = classification_metrics(labels, torch_logits.argmax(1), data.num_classes, data.classes)
-        test["loss"] = float(torch.nn.functional.cross_entropy(torch.from_numpy(torch_logits),
-                                                               torch.from_numpy(labels)).item())
+        task = load_task(data.fitted_task().state_dict())  # a copy: calibration must not leak into the study's
+        cpu = torch.device("cpu")
+        task.calibrate(predict_logits(model, make_batches(config, data.val, pre, caches, task, train=False,
+                                                          batch_size=64), cpu), data.val.labels)
+        test_batches = make_batches(config, data.test, pre, caches, task, train=False, batch_size=64)
+        torch_logits = predict_logits(model, test_batches, cpu)
+        test = task.metrics(torch_logits, data.test.labels)
         exporter = export_onnx(model, config, tmp / ONNX_FILE)
         session = ort.InferenceSession(str(tmp / ONNX_FILE), providers=["CPUExecutionProvider"])
         verify_split = _subset(data.test, VERIFY_LIMIT)
-        verify_batches = make_batches(config, verify_split, pre, caches, train=False, batch_size=64)
-        ref, _ = (torch_logits, labels) if verify_split is data.test else predict_logits(
-            model, verify_batches, torch.device("cpu"))
+        verify_batches = make_batches(config, verify_split, pre, caches, task, train=False, batch_size=64)
+        ref = torch_logits if verify_split is data.test else predict_logits(model, verify_batches, cpu)
         got = onnx_logits(session, verify_batches)
         onnx_check = {
             "exporter": exporter,
             "num_samples": len(verify_split),
             "max_abs_logit_diff": float(np.abs(got - ref).max()),
-            "prediction_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
-            "onnx_test_accuracy": float((got.argmax(1) == np.asarray(verify_split.labels)).mean()),
+            "prediction_agreement": task.agreement(got, ref),
+            "onnx_test_metric": task.primary_metric,
+            "onnx_test_score": task.primary(task.metrics(got, verify_split.labels)),
         }
         metrics: dict[str, Any] = {"test": test, "onnx": onnx_check, "lora_layers_merged": merged,
                                    "export_seconds": time.time() - started, **(extra_metrics or {})}
         columns = {f"{k}_column": v for k, v in data.summary.get("columns", {}).items()}  # predict reads tables
-        save_preprocess(tmp, pre, {"input_names": list(type(model).input_names), "task": config.task, **columns})
+        save_preprocess(tmp, pre, {"input_names": list(type(model).input_names), "task": config.task,
+                                   "label_sep": data.summary.get("label_sep", "|"), **columns})
         (tmp / LABELS_FILE).write_text(json.dumps(data.classes, indent=2) + "\n")
+        (tmp / TASK_FILE).write_text(json.dumps({"task": config.task, "state": task.state_dict()}, indent=2) + "\n")
         config.save(tmp / "config.json")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / TORCH_FILE))
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -247,7 +245,7 @@ def load_exported_model(model_dir: Path) -> tuple[torch.nn.Module, TrialConfig]:
 
     config = TrialConfig.load(model_dir / "config.json")
     options = {**config.backbone_options, "pretrained": False}
-    backbone = load_backbone(config.backbone, config.num_classes, task=config.task, options=options)
+    backbone = load_backbone(config.backbone, config.num_classes, task=config.modality, options=options)
     backbone.model.load_state_dict(load_file(str(model_dir / TORCH_FILE)))
     return backbone.model.eval(), config
 

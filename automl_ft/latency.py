@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from automl_ft.config import TrialConfig
-from automl_ft.data import IMAGE, LabeledData
+from automl_ft.data import LabeledData
+from automl_ft.modalities import get_modality
 
 WARMUP_RUNS = 10
 MIN_REPEATS = 30
@@ -66,12 +67,7 @@ def time_session(session: Any, feeds: dict[str, np.ndarray], *, warmup: int = WA
 
 def example_feeds(config: TrialConfig, pre: Any, data: LabeledData, batch_size: int = 1) -> dict[str, np.ndarray]:
     """A representative batch from the validation split (see the module docstring)."""
-    if config.task == IMAGE:
-        image = pre.load(data.val.inputs[0])
-        return pre.batch([image] * batch_size)
-    ids = pre.encode(data.val.inputs)
-    median = sorted(ids, key=len)[len(ids) // 2]
-    return pre.pad([median] * batch_size)
+    return get_modality(config.modality).example_feeds(pre, data.val.inputs, batch_size)
 
 
 def trial_latency(trial_dir: Path, data: LabeledData, *, threads: int | None = None,

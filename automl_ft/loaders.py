@@ -40,17 +40,32 @@ class TokenCache:
         return self._store[key]
 
 
-class TextBatches:
-    """Batches of ``{"input_ids", "attention_mask"}`` torch tensors and labels."""
+def draw_order(n: int, rng: random.Random, weights: np.ndarray | None) -> list[int]:
+    """The examples of one training epoch: shuffled, or (``weights``) ``n`` draws with replacement in proportion to
+    the weights: the balanced sampler of imbalanced classification, which sees each class about equally often."""
+    order = list(range(n))
+    if weights is not None:
+        return rng.choices(order, weights=[float(w) for w in weights], k=n)
+    rng.shuffle(order)
+    return order
 
-    def __init__(self, ids: list[list[int]], labels: Sequence[int], pre: TextPreprocess, batch_size: int, *,
-                 shuffle: bool, seed: int = 0):
+
+class TextBatches:
+    """Batches of ``{"input_ids", "attention_mask"}`` torch tensors and training targets.
+
+    ``targets`` is the task's array (class indices, multi-hot rows or standardized values): rows are taken as they
+    are, so batching never depends on the task.
+    """
+
+    def __init__(self, ids: list[list[int]], targets: np.ndarray | Sequence, pre: TextPreprocess, batch_size: int, *,
+                 shuffle: bool, seed: int = 0, weights: np.ndarray | None = None):
         self.ids = ids
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.targets = np.asarray(targets)
         self.pre = pre
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.weights = weights
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,8 +81,7 @@ class TextBatches:
             order = sorted(range(n), key=lambda i: lengths[i])
             return [order[i:i + bs] for i in range(0, n, bs)]
         rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(n))
-        rng.shuffle(order)
+        order = draw_order(n, rng, self.weights)
         batches: list[list[int]] = []
         chunk = bs * BUCKET_BATCHES
         for start in range(0, n, chunk):
@@ -80,7 +94,7 @@ class TextBatches:
         for idx in self._order():
             arrays = self.pre.pad([self.ids[i] for i in idx])
             inputs = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            yield inputs, torch.from_numpy(self.labels[idx]), idx
+            yield inputs, torch.from_numpy(self.targets[idx]), idx
 
 
 class ImageCache:
@@ -138,10 +152,12 @@ def train_image_transform(pre: ImagePreprocess, augment: str):
 class ImageBatches:
     """Batches of ``{"pixel_values"}`` tensors: augmented when training, the predict-time transform otherwise."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], pre: ImagePreprocess, batch_size: int, *,
-                 augment: str | None, shuffle: bool, cache: ImageCache, seed: int = 0):
+    def __init__(self, paths: Sequence[str], targets: np.ndarray | Sequence, pre: ImagePreprocess, batch_size: int,
+                 *, augment: str | None, shuffle: bool, cache: ImageCache, seed: int = 0,
+                 weights: np.ndarray | None = None):
         self.paths = list(paths)
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.targets = np.asarray(targets)
+        self.weights = weights
         self.pre = pre
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -159,11 +175,11 @@ class ImageBatches:
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]]:
         order = list(range(len(self.paths)))
         if self.shuffle:
-            random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+            order = draw_order(len(order), random.Random(self.seed * 100_003 + self.epoch), self.weights)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             if self.transform is not None:
                 x = torch.stack([self.transform(self.cache.image(self.paths[i])) for i in idx])
             else:
                 x = torch.stack([self.cache.eval_tensor(self.paths[i], self.pre) for i in idx])
-            yield {"pixel_values": x}, torch.from_numpy(self.labels[idx]), idx
+            yield {"pixel_values": x}, torch.from_numpy(self.targets[idx]), idx

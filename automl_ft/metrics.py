@@ -49,3 +49,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+# Metrics that are fractions of examples (or of overlap) and read best as percentages; everything else (rmse, mae,
+# r2, spearman, loss) prints as a plain number.
+_PERCENT_WORDS = ("accuracy", "f1", "precision", "recall", "iou", "dice")
+
+
+def is_percent_metric(name: str) -> bool:
+    return any(word in name for word in _PERCENT_WORDS)
+
+
+def format_metric(name: str, value: float | None) -> str:
+    """``accuracy`` 0.981 -> ``98.10%``; ``rmse`` 3.14159 -> ``3.142``; None -> empty."""
+    if value is None:
+        return ""
+    return f"{100 * value:.2f}%" if is_percent_metric(name) else f"{value:.4g}"
+
+
+def record_score(record: dict[str, Any]) -> float:
+    """The primary validation metric of a history.json record (``val_accuracy`` in runs made before tasks)."""
+    return record["val_score"] if "val_score" in record else record["val_accuracy"]

@@ -23,13 +23,15 @@ from typing import Any, TextIO
 import numpy as np
 
 from automl_ft.errors import DataError, ModelDirError, UsageError
-from automl_ft.metrics import softmax
 from automl_ft.preprocess import PREPROCESS_FILE, ImagePreprocess, load_preprocess
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
+# The fitted task (codec, thresholds, primary metric); an export without it is a single-label classifier (the
+# only kind there was before tasks existed).
+TASK_FILE = "task.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".parquet", ".pq"}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -134,6 +136,7 @@ class Predictor:
         try:
             self.labels: list[str] = json.loads((self.dir / LABELS_FILE).read_text())
             self.pre, self.record = load_preprocess(self.dir)
+            self.task = load_model_task(self.dir, self.labels)
         except Exception as e:  # JSON, KeyError, the tokenizers library's own exceptions
             raise ModelDirError(f"{self.dir}: unreadable model files ({str(e).splitlines()[0] if str(e) else e!r}); "
                                 "re-export with automl-ft export") from None
@@ -157,6 +160,11 @@ class Predictor:
             reason = " ".join(str(info.get("reason") or "marked not usable").split())
             raise UsageError(f"--int8: the INT8 model in {self.dir} is not usable: {reason}; predict without --int8")
 
+    @property
+    def task_name(self) -> str:
+        """The full task name the model was trained for (``text-classification``, ``image-regression``, ...)."""
+        return str(self.record.get("task", "image-classification" if self.is_image else "text-classification"))
+
     def logits(self, payloads: list[Any]) -> np.ndarray:
         """Logits for a batch of preprocessed payloads (image arrays, or token id lists)."""
         feeds = self.pre.batch(payloads) if self.is_image else self.pre.pad(payloads)
@@ -174,11 +182,21 @@ class Predictor:
             payloads = self.pre.encode([str(t) for t in inputs])
             order = sorted(range(len(inputs)), key=lambda i: len(payloads[i]))
             chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-        out = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
+        out = np.zeros((len(inputs), self.task.head_size), dtype=np.float32)
         for idx in chunks:
             batch = [self.pre.load(inputs[i]) for i in idx] if self.is_image else [payloads[i] for i in idx]
             out[idx] = self.logits(batch)
         return out
+
+
+def load_model_task(model_dir: Path, labels: list[str]) -> Any:
+    """The fitted task of an exported model (``task.json``), or a classifier over ``labels`` for older exports."""
+    from automl_ft.tasks import get_task, load_task
+
+    path = model_dir / TASK_FILE
+    if path.is_file():
+        return load_task(json.loads(path.read_text())["state"])
+    return get_task("classification").fit(labels, list(range(len(labels))))
 
 
 def _check_inputs(predictor: Predictor, inputs: list[str]) -> None:
@@ -198,8 +216,7 @@ def _check_inputs(predictor: Predictor, inputs: list[str]) -> None:
             if not _folder_images(path):
                 raise DataError(f"{path}: no images (.png/.jpg/...) in this folder")
         elif suffix in TABLE_SUFFIXES:
-            if predictor.is_image:
-                raise UsageError(f"{path}: a table, but this is an image model; pass image files or folders")
+            continue  # texts, or image paths relative to the table (read by the column tune used)
         elif suffix in IMAGE_SUFFIXES:
             if not predictor.is_image:
                 raise UsageError(f"{path}: an image, but this is a text model; pass a table or '-' for stdin")
@@ -237,27 +254,41 @@ def iter_items(predictor: Predictor, inputs: list[str], stdin: TextIO) -> Iterat
 def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
     from automl_ft.data.tables import check_plain, match_column, read_table
 
-    df = read_table(path)
+    original: dict[str, Any] = {}
+    df = read_table(path, original)  # cells as strings; JSONL/Parquet cells as read (a list of labels stays one)
     cols = list(df.columns)
 
     def find(trained: str | None, default: str) -> str | None:  # the rule tune used to pick the columns
         return (match_column(cols, trained) if trained else None) or match_column(cols, default)
 
-    text_col = find(record.get("text_column"), "text")
-    if text_col is None:
-        if len(cols) == 1:
-            text_col = cols[0]
+    image = record.get("kind") == "image"
+    role = "image" if image else "text"
+    input_col = find(record.get(f"{role}_column"), role)
+    if input_col is None:
+        if len(cols) == 1 and not image:  # a bare list of texts; a path column must be named, as in tune
+            input_col = cols[0]
         else:
-            raise DataError(f"{path}: no text column {record.get('text_column') or 'text'!r} (columns: "
+            raise DataError(f"{path}: no {role} column {record.get(f'{role}_column') or role!r} (columns: "
                             f"{', '.join(cols[:10])}); name the column like the training data")
-    check_plain(df, path, text_col)
+    check_plain(df, path, input_col)
     label_col = find(record.get("label_column"), "label")
-    labels = df[label_col].tolist() if label_col else [None] * len(df)
-    for i, (text, label) in enumerate(zip(df[text_col].tolist(), labels)):
-        text = str(text)
-        item = Item(i, text.strip(), source=str(path), true_label=None if label is None else str(label).strip())
-        if not item.payload:
-            item.error = "empty text"
+    frame = original.get("frame")
+    labels = ((frame[label_col] if frame is not None and label_col in frame else df[label_col]).tolist()
+              if label_col else [None] * len(df))
+    for i, (value, label) in enumerate(zip(df[input_col].tolist(), labels)):
+        value = str(value).strip()
+        if hasattr(label, "tolist"):  # a Parquet list cell is a NumPy array
+            label = label.tolist()
+        true = None if label is None else (label if isinstance(label, (list, tuple, int, float)) else
+                                           str(label).strip())
+        if image:  # image paths in a table are relative to the table's folder, as in tune
+            item = Item(i, path.parent / value, source=str(path), true_label=true)
+            if not value or not item.payload.is_file():
+                item.error = f"no image file {value!r}"
+        else:
+            item = Item(i, value, source=str(path), true_label=true)
+            if not item.payload:
+                item.error = "empty text"
         yield item
 
 
@@ -276,19 +307,16 @@ def _prepare(predictor: Predictor, items: list[Item]) -> None:
             it.payload = ids
 
 
-def _result(predictor: Predictor, item: Item, probs: np.ndarray | None, top_k: int) -> dict[str, Any]:
+def _result(item: Item, decoded: dict[str, Any] | None) -> dict[str, Any]:
+    """One output line: the input, then the task's fields (``label``/``score``, ``labels``/``scores``, ``value``)."""
     out: dict[str, Any] = {"input": item.input}
     if item.source and not isinstance(item.input, str):
         out["source"] = item.source
     if item.error:
         out["error"] = item.error
     else:
-        assert probs is not None
-        order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
-        out["label"] = predictor.labels[int(order[0])]
-        out["score"] = round(float(probs[order[0]]), 6)
-        if top_k > 1:
-            out["top_k"] = [{"label": predictor.labels[int(j)], "score": round(float(probs[j]), 6)} for j in order]
+        assert decoded is not None
+        out.update(decoded)
     if item.true_label is not None:
         out["true_label"] = item.true_label
     return out
@@ -296,7 +324,14 @@ def _result(predictor: Predictor, item: Item, probs: np.ndarray | None, top_k: i
 
 def predict_items(predictor: Predictor, items: Iterator[Item], *, batch_size: int = 32, top_k: int = 1
                   ) -> Iterator[dict[str, Any]]:
-    """Yield one result per item, in input order.
+    """Yield one result per item, in input order (see :func:`predict_with_logits`)."""
+    for result, _ in predict_with_logits(predictor, items, batch_size=batch_size, top_k=top_k):
+        yield result
+
+
+def predict_with_logits(predictor: Predictor, items: Iterator[Item], *, batch_size: int = 32, top_k: int = 1
+                        ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
+    """Yield ``(result, logits)`` per item, in input order (logits None for an item that failed).
 
     Items are gathered into a window (``batch_size`` images, or ``SORT_WINDOW_BATCHES`` batches of texts run in
     length order); an item marked ``now`` (a stdin line) closes the window at once.
@@ -309,13 +344,15 @@ def predict_items(predictor: Predictor, items: Iterator[Item], *, batch_size: in
         ok = [i for i, it in enumerate(window) if not it.error]
         if not predictor.is_image:
             ok.sort(key=lambda i: len(window[i].payload))
-        probs: dict[int, np.ndarray] = {}
+        decoded: dict[int, dict[str, Any]] = {}
         for start in range(0, len(ok), batch_size):
             idx = ok[start: start + batch_size]
-            p = softmax(predictor.logits([window[i].payload for i in idx]))
-            probs.update(zip(idx, p))
+            logits = predictor.logits([window[i].payload for i in idx])
+            decoded.update(zip(idx, zip(predictor.task.decode(logits, top_k=top_k if top_k > 1 else None),
+                                        logits)))
         for i, it in enumerate(window):
-            yield _result(predictor, it, probs.get(i), top_k)
+            fields, logits_row = decoded.get(i, (None, None))
+            yield _result(it, fields), logits_row
 
     for item in items:
         window.append(item)
@@ -324,6 +361,31 @@ def predict_items(predictor: Predictor, items: Iterator[Item], *, batch_size: in
             window = []
     if window:
         yield from flush()
+
+
+class Scorer:
+    """The task's metrics over the inputs that came with a true label (tables with the training label column),
+    computed from the same logits that produced the printed predictions."""
+
+    def __init__(self, predictor: Predictor):
+        self.task = predictor.task
+        self.label_sep = str(predictor.record.get("label_sep") or "|")
+        self.logits: list[np.ndarray] = []
+        self.labels: list[Any] = []
+        self.unknown: Counter[str] = Counter()  # true labels that are none of the model's classes: not scored
+
+    def add(self, true_label: Any, logits: np.ndarray) -> None:
+        label, unknown = self.task.encode_true(true_label, self.label_sep)
+        self.unknown.update(unknown)
+        if label is not None and not unknown:
+            self.logits.append(logits)
+            self.labels.append(label)
+
+    def summary(self) -> str:
+        if not self.labels:
+            return ""
+        metrics = self.task.metrics(np.stack(self.logits), self.labels)
+        return f"{self.task.describe(metrics)} on {len(self.labels)} labelled inputs"
 
 
 def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size: int = 32, provider: str = "auto",
@@ -345,12 +407,11 @@ def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size
         raise UsageError("'-' (stdin) is given more than once; pass it once")
     predictor = Predictor(model_dir, provider=provider, threads=threads, int8=int8)
     _check_inputs(predictor, inputs)
-    top_k = min(top_k, len(predictor.labels))
-    failed = total = correct = labelled = 0
-    known = set(predictor.labels)
-    unknown: Counter[str] = Counter()  # true labels that are none of the model's classes: not scored
-    for result in predict_items(predictor, iter_items(predictor, inputs, stdin), batch_size=batch_size,
-                                top_k=top_k):
+    top_k = min(top_k, max(1, len(predictor.labels)))
+    failed = total = 0
+    scored = Scorer(predictor)
+    for result, logits in predict_with_logits(predictor, iter_items(predictor, inputs, stdin),
+                                              batch_size=batch_size, top_k=top_k):
         stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
         if result.get("source") == "-":
             stdout.flush()
@@ -358,14 +419,12 @@ def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size
         if "error" in result:
             failed += 1
         elif "true_label" in result:
-            if result["true_label"] not in known:
-                unknown[result["true_label"]] += 1
-                continue
-            labelled += 1
-            correct += int(result["label"] == result["true_label"])
+            scored.add(result["true_label"], logits)
     stdout.flush()
-    if labelled:
-        stderr.write(f"accuracy {100 * correct / labelled:.2f}% on {labelled} labelled inputs\n")
+    summary = scored.summary()
+    if summary:
+        stderr.write(summary + "\n")
+    unknown = scored.unknown
     if unknown:
         shown = ", ".join(repr(k) for k, _ in unknown.most_common(5))
         stderr.write(f"note: {sum(unknown.values())} inputs have labels that are none of the model's classes "

@@ -1,4 +1,4 @@
-"""INT8 versions of exported models, kept only when they keep the accuracy.
+"""INT8 versions of exported models, kept only when they keep the task's primary metric.
 
 Two onnxruntime recipes, one per architecture family:
 
@@ -12,11 +12,12 @@ Two onnxruntime recipes, one per architecture family:
   per-channel int8 (depthwise convolutions have per-channel ranges that differ by orders of magnitude; one
   tensor-wide scale would zero the small channels), activations uint8.
 
-Either way the INT8 model's test accuracy is measured against the fp32 ONNX model's on the same inputs with the
-same preprocessing and batch size (32) as ``automl-ft predict``. (Dynamic INT8 scales each activation tensor
-per batch, padding included, so its outputs depend slightly on which texts share a batch; fp32's do not.) A
-model that loses more than ``max_loss_points`` is kept on disk for
-inspection but marked not usable, and ``predict --int8`` refuses it with the reason.
+Either way the INT8 model's primary test metric (accuracy, macro F1, micro F1, RMSE: the task's) is measured against
+the fp32 ONNX model's on the same inputs with the same preprocessing and batch size (32) as ``automl-ft predict``.
+(Dynamic INT8 scales each activation tensor per batch, padding included, so its outputs depend slightly on which
+texts share a batch; fp32's do not.) A model that loses more than ``max_loss_points`` (percentage points of a
+fraction metric; percent of the fp32 value for an error metric such as RMSE) is kept on disk for inspection but
+marked not usable, and ``predict --int8`` refuses it with the reason.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from automl_ft.data import IMAGE, LabeledData, Split
+from automl_ft.data import LabeledData, Split
+from automl_ft.metrics import format_metric, is_percent_metric
+from automl_ft.modalities import IMAGE
 from automl_ft.predict import INT8_FILE, METRICS_FILE, ONNX_FILE, Predictor
 
 CARD_FILE = "model_card.md"
@@ -124,9 +127,19 @@ def _spaced(split: Split, limit: int) -> Split:
     return Split([split.inputs[i] for i in idx], [split.labels[i] for i in idx])
 
 
-def _accuracy(predictor: Predictor, split: Split) -> float:
-    logits = predictor.predict_logits(split.inputs, batch_size=32)
-    return float((logits.argmax(1) == np.asarray(split.labels)).mean())
+def _score(predictor: Predictor, split: Split) -> float:
+    """The task's primary metric of an ONNX model on ``split`` (predict's preprocessing and batch size)."""
+    task = predictor.task
+    return task.primary(task.metrics(predictor.predict_logits(split.inputs, batch_size=32), split.labels))
+
+
+def loss_points(task: Any, fp32: float, int8: float) -> float:
+    """How much worse INT8 is: percentage points of a fraction metric (accuracy 0.95 -> 0.94: 1.0), percent of the
+    fp32 value for an error metric (RMSE 2.00 -> 2.02: 1.0), so one rule of "at most 1" fits every task."""
+    worse = (fp32 - int8) if task.direction == "maximize" else (int8 - fp32)
+    if is_percent_metric(task.primary_metric):
+        return round(100.0 * worse, 4)
+    return round(100.0 * worse / max(abs(fp32), 1e-12), 4)
 
 
 def _size_mb(path: Path) -> float:
@@ -135,7 +148,7 @@ def _size_mb(path: Path) -> float:
 
 def quantize_model(model_dir: Path, data: LabeledData, *, max_loss_points: float = 1.0,
                    calibration_limit: int = CALIBRATION_LIMIT) -> dict[str, Any]:
-    """Write ``model_dir/model.int8.onnx``, compare its test accuracy with the fp32 model's, record the verdict.
+    """Write ``model_dir/model.int8.onnx``, compare its primary test metric with the fp32 model's, record the verdict.
 
     Dynamic INT8 for text models, static QDQ calibrated on ``data.val`` (up to ``calibration_limit`` examples) for
     image models. Both models are evaluated on ``data.test`` with the preprocessing ``automl-ft predict`` applies.
@@ -143,7 +156,7 @@ def quantize_model(model_dir: Path, data: LabeledData, *, max_loss_points: float
     (when the card exists) is replaced or added; nothing else in the card changes.
 
     Returns:
-        ``{"method", "file", "test_accuracy", "fp32_test_accuracy", "accuracy_loss_points", "usable", "reason",
+        ``{"method", "file", "metric", "test_score", "fp32_test_score", "loss_points", "usable", "reason",
         "size_mb", "fp32_size_mb", ...}`` (JSON-able). A quantization that fails is recorded as not usable with
         the error as the reason, not raised: the fp32 model stays the product.
 
@@ -154,11 +167,11 @@ def quantize_model(model_dir: Path, data: LabeledData, *, max_loss_points: float
     started = time.time()
     fp32 = Predictor(model_dir, provider="cpu")
     is_image = fp32.is_image
-    if is_image != (data.task == IMAGE):
+    if is_image != (data.modality == IMAGE):
         from automl_ft.errors import UsageError
 
         raise UsageError(f"{model_dir}: a {'image' if is_image else 'text'} model, but the data is {data.task}")
-    if len(fp32.labels) != data.num_classes or list(fp32.labels) != list(data.classes):
+    if list(fp32.labels) != list(data.classes):
         from automl_ft.errors import UsageError
 
         raise UsageError(f"{model_dir}: its labels differ from the data's classes; quantize with the data it was "
@@ -166,9 +179,10 @@ def quantize_model(model_dir: Path, data: LabeledData, *, max_loss_points: float
     method = STATIC_QDQ if is_image else DYNAMIC
     dst = model_dir / INT8_FILE
     test = _spaced(data.test, EVAL_LIMIT)
+    metric = fp32.task.primary_metric
     result: dict[str, Any] = {
-        "method": method, "file": INT8_FILE, "test_accuracy": None, "fp32_test_accuracy": None,
-        "accuracy_loss_points": None, "usable": False, "reason": None, "size_mb": None,
+        "method": method, "file": INT8_FILE, "metric": metric, "test_score": None, "fp32_test_score": None,
+        "loss_points": None, "usable": False, "reason": None, "size_mb": None,
         "fp32_size_mb": _size_mb(model_dir / ONNX_FILE), "max_loss_points": float(max_loss_points),
         "test_examples": len(test),
     }
@@ -191,20 +205,20 @@ def quantize_model(model_dir: Path, data: LabeledData, *, max_loss_points: float
             result.update(weights="int8 per-tensor", activations="uint8, dynamic per batch",
                           quantized_graph="unfused TorchScript export" if source else "model.onnx")
         partial.replace(dst)
-        fp32_acc = _accuracy(fp32, test)
-        int8_acc = _accuracy(Predictor(model_dir, provider="cpu", model_file=INT8_FILE), test)
+        fp32_score = _score(fp32, test)
+        int8_score = _score(Predictor(model_dir, provider="cpu", model_file=INT8_FILE), test)
     except Exception as e:
         (model_dir / f".{INT8_FILE}.partial").unlink(missing_ok=True)
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         result["reason"] = f"quantization failed: {msg}"
     else:
-        loss = round(100.0 * (fp32_acc - int8_acc), 4)
-        result.update(test_accuracy=int8_acc, fp32_test_accuracy=fp32_acc, accuracy_loss_points=loss,
+        loss = loss_points(fp32.task, fp32_score, int8_score)
+        result.update(test_score=int8_score, fp32_test_score=fp32_score, loss_points=loss,
                       size_mb=_size_mb(dst), usable=loss <= max_loss_points + 1e-9)
         if not result["usable"]:
-            result["reason"] = (f"INT8 loses {loss:.2f} accuracy points on {len(test)} test examples "
-                                f"({100 * int8_acc:.2f} % vs fp32 {100 * fp32_acc:.2f} %), more than the "
-                                f"{max_loss_points:g} allowed")
+            result["reason"] = (f"INT8 loses {loss:.2f} {metric} points on {len(test)} test examples "
+                                f"({format_metric(metric, int8_score)} vs fp32 {format_metric(metric, fp32_score)}), "
+                                f"more than the {max_loss_points:g} allowed")
     result["seconds"] = round(time.time() - started, 1)
     _merge_metrics(model_dir, result)
     if (model_dir / CARD_FILE).is_file():
@@ -238,8 +252,10 @@ def _merge_metrics(model_dir: Path, result: dict[str, Any]) -> None:
 
 def card_section(result: dict[str, Any]) -> str:
     """The ``## INT8`` section of the model card, in Markdown."""
-    def pct(v: Any) -> str:
-        return "n/a" if v is None else f"{100 * float(v):.2f} %"
+    metric = result.get("metric", "accuracy")
+
+    def shown(v: Any) -> str:
+        return "n/a" if v is None else format_metric(metric, float(v))
 
     lines = ["## INT8", ""]
     if result.get("usable"):
@@ -250,9 +266,9 @@ def card_section(result: dict[str, Any]) -> str:
     lines += ["", f"- Method: onnxruntime {result.get('method')} quantization"
               + (f", calibrated on {result['calibration_examples']} validation examples"
                  if result.get("calibration_examples") else ""),
-              f"- Test accuracy: INT8 {pct(result.get('test_accuracy'))}, fp32 {pct(result.get('fp32_test_accuracy'))}"
-              + (f"; loss {result['accuracy_loss_points']:.2f} points (at most {result.get('max_loss_points'):g} "
-                 "allowed)" if result.get("accuracy_loss_points") is not None else ""),
+              f"- Test {metric}: INT8 {shown(result.get('test_score'))}, fp32 {shown(result.get('fp32_test_score'))}"
+              + (f"; loss {result['loss_points']:.2f} points (at most {result.get('max_loss_points'):g} "
+                 "allowed)" if result.get("loss_points") is not None else ""),
               f"- Size: {result.get('size_mb')} MB (fp32 {result.get('fp32_size_mb')} MB)", ""]
     return "\n".join(lines)
 

@@ -25,8 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automl_ft.metrics import format_metric, record_score
 from automl_ft.rundir import LABELS_FILE, METRICS_FILE, REPORT_MARKER, make_dir, write_json
-from automl_ft.search.leaderboard import COLUMNS, format_cell, leaderboard, shown_columns
+from automl_ft.search.leaderboard import (
+    COLUMNS,
+    NUMERIC,
+    column_title,
+    format_cell,
+    leaderboard,
+    shown_columns,
+    study_metric,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -61,30 +70,37 @@ class Report:
 
 
 def objective_names(study: optuna.Study) -> list[str]:
-    """The study's metric names, or defaults (the first objective is the validation accuracy)."""
+    """The study's metric names, or defaults (the first objective is the primary validation metric)."""
     names = list(study.metric_names or [])
     n = len(study.directions)
-    defaults = ["validation accuracy"] + [f"objective_{i}" for i in range(1, n)]
+    defaults = [f"val_{study_metric(study)}"] + [f"objective_{i}" for i in range(1, n)]
     return [names[i] if i < len(names) and names[i] else defaults[i] for i in range(n)]
 
 
 def report_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-    """Leaderboard rows (best first) and their columns; objectives beyond accuracy and latency get a column."""
+    """Leaderboard rows (best first) and their columns; objectives beyond the primary metric and latency get a
+    column. The primary metric's column is titled by it (``val_accuracy``, ``val_rmse``)."""
     rows = leaderboard(study)
-    extra = [n for n in objective_names(study)[1:] if n not in COLUMNS]
+    title = column_title("val", study_metric(study))
+    for row in rows:
+        row[title] = row.pop("val")
+    columns = tuple(title if c == "val" else c for c in COLUMNS)
+    extra = [n for n in objective_names(study)[1:] if n not in columns]
     if not extra:
-        return rows, shown_columns(rows)
+        return rows, shown_columns(rows, columns)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     for row in rows:
         values = by_number[row["trial"]].values or []
         for i, name in enumerate(objective_names(study)[1:], start=1):
             if name in extra:
                 row[name] = values[i] if i < len(values) else None
-    at = COLUMNS.index("val_acc") + 1
-    return rows, shown_columns(rows, COLUMNS[:at] + tuple(extra) + COLUMNS[at:])
+    at = columns.index(title) + 1
+    return rows, shown_columns(rows, columns[:at] + tuple(extra) + columns[at:])
 
 
 def cell(column: str, value: Any) -> str:
+    if column.startswith("val_"):
+        return format_metric(column[4:], value)
     if column in COLUMNS:
         return format_cell(column, value)
     if value is None:
@@ -98,8 +114,7 @@ def leaderboard_table(rows: list[dict[str, Any]], columns: tuple[str, ...], titl
 
     table = Table(title=title)
     for col in columns:
-        table.add_column(col, justify="right" if col in ("trial", "freeze", "lr", "batch", "val_acc", "minutes")
-                         else "left")
+        table.add_column(col, justify="right" if col in NUMERIC or col.startswith("val_") else "left")
     for row in rows:
         table.add_row(*(cell(c, row.get(c)) for c in columns))
     return table
@@ -216,13 +231,16 @@ def plot_learning_curves(trials: list[Any], rows_by_number: dict[int, dict[str, 
         def series(key: str, history: list[dict[str, Any]] = history) -> list[float]:
             return [h.get(key) if h.get(key) is not None else math.nan for h in history]
 
-        acc_ax.plot(epochs, series("val_accuracy"), "o-", color=color, label=label)
+        scores = [record_score(h) for h in history]
+        metric = next((h["val_metric"] for h in history if "val_metric" in h), "accuracy")
+        acc_ax.plot(epochs, scores, "o-", color=color, label=label)
         loss_ax.plot(epochs, series("train_loss"), "o-", color=color, label=f"#{t.number} train")
         loss_ax.plot(epochs, series("val_loss"), "s--", color=color, label=f"#{t.number} val")
         best = t.user_attrs.get("best_epoch")
         if best in epochs:
-            acc_ax.plot([best], [series("val_accuracy")[epochs.index(best)]], "*", color=color, markersize=14)
-    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy (star: best epoch)")
+            acc_ax.plot([best], [scores[epochs.index(best)]], "*", color=color, markersize=14)
+    metric = metric if trials else "accuracy"
+    acc_ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"Validation {metric} (star: best epoch)")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Train (solid) and validation (dashed) loss")
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
@@ -316,7 +334,7 @@ tr.complete td{background:#fff}tr.pruned td{color:#777}tr.fail td{color:#a33}tr.
 img{max-width:100%;border:1px solid #eee}.note{color:#777;font-style:italic}code{background:#f4f4f4;padding:0 .2rem}
 """
 
-_NUMERIC = {"trial", "freeze", "lr", "batch", "val_acc", "minutes", "lora_ms", "adamw_ms", "reference_estimate_ms",
+_NUMERIC = {"trial", "freeze", "lr", "batch", "minutes", "lora_ms", "adamw_ms", "reference_estimate_ms",
             "saved_ms", "saved_pct"}
 
 
@@ -327,7 +345,8 @@ def _table(columns: tuple[str, ...] | list[str], rows: list[list[str]], classes:
     body = []
     for i, r in enumerate(rows):
         cls = f' class="{html.escape(classes[i])}"' if classes else ""
-        cells = "".join(f'<td{" class=num" if c in numeric else ""}>{html.escape(v)}</td>' for c, v in zip(columns, r))
+        cells = "".join(f'<td{" class=num" if c in numeric or c.startswith("val_") else ""}>{html.escape(v)}</td>'
+                        for c, v in zip(columns, r))
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -354,8 +373,9 @@ def render_html(report: Report, study: optuna.Study, record: dict[str, Any], met
     parts.append("<h2>Best model on the test split</h2>")
     test = (metrics or {}).get("test") or {}
     if test:
-        summary = ", ".join(f"{k.replace('_', ' ')} {100 * test[k]:.2f}%"
-                            for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall") if k in test)
+        summary = ", ".join(f"{k.replace('_', ' ')} {format_metric(k, v)}" for k, v in test.items()
+                            if k not in ("num_examples", "loss") and isinstance(v, (int, float))
+                            and not isinstance(v, bool))
         parts.append(f"<p>Trial {esc(str(metrics.get('trial', '?')))}: {esc(summary)} on "
                      f"{esc(str(test.get('num_examples', '?')))} examples.</p>")
         per_class = test.get("per_class") or {}

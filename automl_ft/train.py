@@ -27,11 +27,12 @@ from torch import nn
 from automl_ft.adapt import apply_adaptation, trainable_state
 from automl_ft.backbones import Backbone, load_backbone
 from automl_ft.config import TrialConfig
-from automl_ft.data import IMAGE, LabeledData, Split
+from automl_ft.data import LabeledData, Split
 from automl_ft.kernel_timing import KernelTimer
-from automl_ft.loaders import ImageBatches, ImageCache, TextBatches, TokenCache
-from automl_ft.metrics import classification_metrics
-from automl_ft.preprocess import ImagePreprocess, TextPreprocess
+from automl_ft.loaders import ImageCache, TokenCache
+from automl_ft.metrics import record_score
+from automl_ft.modalities import get_modality
+from automl_ft.tasks import Task
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -94,21 +95,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_preprocess(backbone: Backbone, config: TrialConfig) -> ImagePreprocess | TextPreprocess:
+def make_preprocess(backbone: Backbone, config: TrialConfig) -> Any:
     """The eval-time preprocessing of a trial (also what export saves and predict applies)."""
-    if config.task == IMAGE:
-        dc = backbone.data_config
-        size = int(config.image_size)
-        return ImagePreprocess(size=size, resize=size, mean=tuple(float(v) for v in dc.get("mean", (0.5,) * 3)),
-                               std=tuple(float(v) for v in dc.get("std", (0.5,) * 3)),
-                               interpolation=str(dc.get("interpolation", "bicubic")))
-    return TextPreprocess.from_hf(backbone.tokenizer, int(config.max_length))
+    return get_modality(config.modality).make_preprocess(backbone, config)
 
 
 def build_model(config: TrialConfig, *, backend: str = "auto") -> tuple[Backbone, dict[str, Any]]:
     """Load the backbone and apply freezing / LoRA exactly as the trial did (also used to rebuild for export)."""
     options = dict(config.backbone_options)
-    backbone = load_backbone(config.backbone, config.num_classes, task=config.task, dropout=config.dropout,
+    backbone = load_backbone(config.backbone, config.num_classes, task=config.modality, dropout=config.dropout,
                              options=options)
     summary = apply_adaptation(backbone, freeze_depth=min(config.freeze_depth, backbone.num_blocks),
                                adaptation=config.adaptation, lora_rank=config.lora_rank or 8,
@@ -117,14 +112,13 @@ def build_model(config: TrialConfig, *, backend: str = "auto") -> tuple[Backbone
     return backbone, summary.as_dict()
 
 
-def make_batches(config: TrialConfig, split: Split, pre: ImagePreprocess | TextPreprocess, caches: Caches, *,
-                 train: bool, batch_size: int | None = None):
-    bs = batch_size or config.batch_size
-    if isinstance(pre, TextPreprocess):
-        ids = caches.tokens.get(pre, split.inputs)
-        return TextBatches(ids, split.labels, pre, bs, shuffle=train, seed=config.seed)
-    return ImageBatches(split.inputs, split.labels, pre, bs, augment=config.augment if train else None,
-                        shuffle=train, cache=caches.images, seed=config.seed)
+def make_batches(config: TrialConfig, split: Split, pre: Any, caches: Caches, task: Task, *, train: bool,
+                 batch_size: int | None = None):
+    """Batches of ``split`` with the task's targets; training batches of the balanced sampler draw by weight."""
+    weights = task.sample_weights(split.labels) if train and config.imbalance == "sampler" else None
+    return get_modality(config.modality).make_batches(config, split.inputs, task.targets(split.labels), pre, caches,
+                                                      train=train, batch_size=batch_size or config.batch_size,
+                                                      weights=weights)
 
 
 def param_groups(model: nn.Module, backbone: Backbone, config: TrialConfig) -> list[dict[str, Any]]:
@@ -173,12 +167,11 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, batches, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over ``batches`` in the original example order."""
+def predict_logits(model: nn.Module, batches, device: torch.device) -> np.ndarray:
+    """Logits over ``batches`` in the original example order."""
     model.eval()
-    n = len(batches.labels)
+    n = len(batches.targets)
     out: np.ndarray | None = None
-    labels = np.asarray(batches.labels)
     for inputs, _, idx in batches:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         with _autocast(device):
@@ -187,17 +180,23 @@ def predict_logits(model: nn.Module, batches, device: torch.device) -> tuple[np.
             out = np.zeros((n, logits.shape[1]), dtype=np.float32)
         out[idx] = logits
     assert out is not None
-    return out, labels
+    return out
 
 
-def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int,
-             classes: list[str] | None = None) -> dict[str, Any]:
-    logits, labels = predict_logits(model, batches, device)
-    t = torch.from_numpy(logits)
-    loss = float(nn.functional.cross_entropy(t, torch.from_numpy(labels)).item())
-    metrics = classification_metrics(labels, logits.argmax(1), num_classes, classes)
-    metrics["loss"] = loss
-    return metrics
+def evaluate(model: nn.Module, batches, device: torch.device, task: Task, labels: list) -> dict[str, Any]:
+    """The task's metrics (its primary metric and loss included) of ``model`` on the examples of ``batches``."""
+    return task.metrics(predict_logits(model, batches, device), labels)
+
+
+def epoch_record(epoch: int, train_loss: float, metrics: dict[str, Any], task: Task) -> dict[str, Any]:
+    """One line of history.json: the primary metric as ``val_score`` plus every scalar metric as ``val_<name>``
+    (classification keeps the ``val_accuracy`` / ``val_macro_f1`` of earlier runs)."""
+    record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
+                              "val_score": task.primary(metrics), "val_metric": task.primary_metric}
+    for key, value in metrics.items():
+        if key not in ("loss", "num_examples") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            record[f"val_{key}"] = float(value)
+    return record
 
 
 def _autocast(device: torch.device):
@@ -233,20 +232,24 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
     workdir.mkdir(parents=True, exist_ok=True)
     config.save(workdir / CONFIG_FILE)
     seed_everything(config.seed)
+    task = data.fitted_task()
     backbone, adaptation = build_model(config, backend=backend)
     model = backbone.model.to(device)
     pre = make_preprocess(backbone, config)
-    train_batches = make_batches(config, data.train, pre, caches, train=True)
-    val_batches = make_batches(config, data.val, pre, caches, train=False, batch_size=max(64, config.batch_size))
+    train_batches = make_batches(config, data.train, pre, caches, task, train=True)
+    val_batches = make_batches(config, data.val, pre, caches, task, train=False,
+                               batch_size=max(64, config.batch_size))
     steps_per_epoch = math.ceil(len(train_batches) / config.grad_accumulation)
     total_steps = steps_per_epoch * config.epochs
     optimizer = make_optimizer(param_groups(model, backbone, config), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, config.warmup_ratio))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    loss_fn = task.loss(label_smoothing=config.label_smoothing, kind=config.loss,
+                        class_weights=task.class_weights(data.train.labels) if config.imbalance == "weighted" else None)
     timer = KernelTimer(model, optimizer, device)
 
     history: list[dict[str, Any]] = []
-    best_value, best_epoch, start_epoch, bad_epochs = -1.0, 0, 0, 0
+    best_value: float | None = None
+    best_epoch, start_epoch, bad_epochs = 0, 0, 0
     if resume_dir is not None and (resume_dir / RESUME_META).is_file():
         meta = load_resume_point(resume_dir, model, optimizer, scheduler)
         history = meta["history"]
@@ -256,7 +259,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
             (workdir / MODEL_FILE).write_bytes((resume_dir / MODEL_FILE).read_bytes())
         for record in history:  # the pruner sees the resumed trial's curve too
             if report is not None:
-                report(record["epoch"], record["val_accuracy"])
+                report(record["epoch"], record_score(record))
 
     started = time.time()
     steps = 0
@@ -268,12 +271,12 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         callbacks.on_epoch_start(epoch + 1, config.epochs, len(train_batches))
         running, count = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
-        for i, (inputs, labels, _) in enumerate(train_batches):
+        for i, (inputs, targets, _) in enumerate(train_batches):
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-            labels = labels.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
             with _autocast(device):
                 logits = model(**inputs)
-            loss = loss_fn(logits.float(), labels)
+            loss = loss_fn(logits.float(), targets)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {i + 1} (lr {config.lr:.3g})")
@@ -283,25 +286,25 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 steps += 1
-            running += value * len(labels)
-            count += len(labels)
+            running += value * len(targets)
+            count += len(targets)
             callbacks.on_step(i + 1, value)
             if deadline is not None and time.time() > deadline and best_epoch > 0:
                 stopped = "deadline"
                 break
         if stopped == "deadline":
             break
-        metrics = evaluate(model, val_batches, device, config.num_classes)
-        record = {"epoch": epoch + 1, "train_loss": running / max(1, count), "val_loss": metrics["loss"],
-                  "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+        metrics = evaluate(model, val_batches, device, task, data.val.labels)
+        record = {**epoch_record(epoch + 1, running / max(1, count), metrics, task),
                   "lr": scheduler.get_last_lr()[0], "seconds": time.time() - epoch_start}
         history.append(record)
-        # The kept checkpoint breaks accuracy ties by validation loss; patience counts epochs without a higher
-        # accuracy (a trial stuck at the majority class while its loss wobbles must still stop).
-        more_accurate = metrics["accuracy"] > best_value
-        if more_accurate or (metrics["accuracy"] == best_value and metrics["loss"] < _best_loss(history, best_epoch)):
-            bad_epochs = 0 if more_accurate else bad_epochs + 1
-            best_value, best_epoch = metrics["accuracy"], epoch + 1
+        value = record["val_score"]
+        # The kept checkpoint breaks ties of the primary metric by validation loss; patience counts epochs without
+        # a better primary metric (a trial stuck at the majority class while its loss wobbles must still stop).
+        improved = best_value is None or task.better(value, best_value)
+        if improved or (value == best_value and metrics["loss"] < _best_loss(history, best_epoch)):
+            bad_epochs = 0 if improved else bad_epochs + 1
+            best_value, best_epoch = value, epoch + 1
             save_file(trainable_state(model), str(workdir / MODEL_FILE))
             if config.adaptation == "lora":
                 save_adapter(model, config, workdir / PEFT_DIR)
@@ -313,7 +316,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
         callbacks.on_epoch_end(record)
         if report is not None:
-            report(epoch + 1, metrics["accuracy"])
+            report(epoch + 1, value)
         if bad_epochs >= config.patience and epoch + 1 < config.epochs:  # on the last epoch it simply completed
             stopped = "early_stopping"
             break

@@ -151,6 +151,8 @@ def run_tune(opts: TuneOptions) -> int:
         recover_interrupted,
         worker_identity,
     )
+    from automl_ft.metrics import format_metric
+    from automl_ft.tasks import FULL_TASKS
     from automl_ft.train import Caches
 
     started = time.time()
@@ -237,13 +239,14 @@ def run_tune(opts: TuneOptions) -> int:
             "s3://bucket/prefix) so workers on other machines can resume and export each other's trials.")
     write_json(run.data_summary, data.summary)
 
+    task = data.fitted_task()
     sampler = make_sampler(space, opts.trials, opts.seed)
     pruner = make_pruner(space, multi_objective=opts.multi_objective,
-                         baseline=max(data.val.counts(data.num_classes)) / len(data.val))
-    directions = ("maximize", "minimize") if opts.multi_objective else ("maximize",)
+                         baseline=task.baseline(data.train.labels, data.val.labels), direction=task.direction)
+    directions = (task.direction, "minimize") if opts.multi_objective else (task.direction,)
     study = open_study(storage, study_name, sampler, pruner, url, directions)
-    if opts.multi_objective and not study.metric_names:
-        study.set_metric_names(["val_accuracy", "latency_ms"])
+    if not study.metric_names:
+        study.set_metric_names([f"val_{task.primary_metric}"] + (["latency_ms"] if opts.multi_objective else []))
     retried = recover_interrupted(study, storage)
     if retried:
         say(f"Resuming: retrying interrupted trial(s) {', '.join(map(str, retried))} from their last finished epoch.")
@@ -252,12 +255,11 @@ def run_tune(opts: TuneOptions) -> int:
 
     done = count_done(study)
     remaining = max(0, opts.trials - done)
+    classes = f", {data.num_classes} classes" if data.classes else ""
     say(f"Study {study_name!r} ({shown_storage}): {done} of {opts.trials} trials done, {remaining} to run on "
-        f"{device.type}; data {data.task}, {data.num_classes} classes, "
-        f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test.")
+        f"{device.type}; data {data.task}{classes}, {len(data.train)}/{len(data.val)}/{len(data.test)} "
+        f"train/val/test; primary metric: validation {task.primary_metric} ({task.direction}).")
     if opts.task == "auto" and data.summary.get("task_reason"):
-        from automl_ft.tasks import FULL_TASKS
-
         others = [t for t in FULL_TASKS if t.startswith(f"{data.modality}-") and t != data.task]
         say(f"Task {data.task} ({data.summary['task_reason']}); to override, pass --task "
             f"{' or '.join(others)}.")
@@ -334,10 +336,11 @@ def run_tune(opts: TuneOptions) -> int:
         return 0
     test = summary["test"]
     latency = best.user_attrs.get("latency_ms")
-    say(f"\nBest: trial {best.number}, validation accuracy {100 * best.values[0]:.2f}%"
-        + (f", {latency:.2f} ms per input (onnxruntime, batch 1)" if latency is not None else "") + "; test accuracy "
-        f"{100 * test['accuracy']:.2f}% (macro F1 {100 * test['macro_f1']:.2f}%) on {test['num_examples']} held-out "
-        f"examples.\nONNX check: max |logit diff| {summary['onnx']['max_abs_logit_diff']:.2g}, class agreement "
+    say(f"\nBest: trial {best.number}, validation {task.primary_metric} "
+        f"{format_metric(task.primary_metric, best.values[0])}"
+        + (f", {latency:.2f} ms per input (onnxruntime, batch 1)" if latency is not None else "") + "; test "
+        f"{task.describe(test)} on {test['num_examples']} held-out examples.\nONNX check: max |logit diff| "
+        f"{summary['onnx']['max_abs_logit_diff']:.2g}, prediction agreement "
         f"{100 * summary['onnx']['prediction_agreement']:.2f}%.\nModel: {run.best}  (card: {run.best / 'model_card.md'})"
         f"\nPredict: automl-ft predict {run.best} INPUT...\nTotal time: {(time.time() - started) / 60:.1f} min.")
     return 0
@@ -393,7 +396,9 @@ def search_summary(study: Any, best: Any, url: str, space: Any, started: float |
         "best_value": best.values[0],
         "best_latency_ms": best.user_attrs.get("latency_ms"),
         "objectives": list(study.metric_names or ["val_accuracy"]),
-        "pareto_front": [{"trial": t.number, "val_accuracy": t.values[0], "latency_ms": t.values[1]}
+        "direction": study.directions[0].name.lower(),
+        "metric": study.metric_names[0] if study.metric_names else "val_accuracy",
+        "pareto_front": [{"trial": t.number, "val_score": t.values[0], "latency_ms": t.values[1]}
                          for t in sorted(study.best_trials, key=lambda t: t.values[1])]
         if len(study.directions) > 1 else None,
         "best_epoch": best.user_attrs.get("best_epoch"),
@@ -408,7 +413,7 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
     """Export ``best`` into ``out_dir`` (default RUN_DIR/best) with its model card; returns metrics.json's content."""
     from automl_ft.card import write_model_card
     from automl_ft.export import export_trial
-    from automl_ft.search.leaderboard import leaderboard, markdown_table
+    from automl_ft.search.leaderboard import leaderboard, markdown_table, study_metric
 
     out_dir = out_dir or run.best
     trial_dir = run.trial_dir(best.number)
@@ -421,11 +426,13 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
     def card(directory: Path, metrics: dict[str, Any]) -> None:
         write_model_card(directory, metrics=metrics, config=best.user_attrs.get("config", {}),
                          data_summary=data.summary, search=search, commands=record.get("commands", []),
-                         leaderboard_md=markdown_table(leaderboard(study, limit=20)))
+                         task=data.fitted_task(),
+                         leaderboard_md=markdown_table(leaderboard(study, limit=20), metric=study_metric(study)))
 
     return export_trial(trial_dir, out_dir, data, caches=caches, card_writer=card,
                         extra_metrics={"run": run.run_id(record), "trial": best.number, "study": study.study_name,
-                                       "val_accuracy": best.values[0], "latency": best.user_attrs.get("latency")})
+                                       "val_score": best.values[0], "val_metric": search["metric"],
+                                       "latency": best.user_attrs.get("latency")})
 
 
 def _exported_metrics(best_dir: Path, study_name: str, trial: int) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from automl_ft.kernels import LoRAConv1x1, LoRALinear
 
 from automl_ft.adapt import apply_adaptation, merge_lora, trainable_state
 from automl_ft.backbones import get_entry, list_backbones, load_backbone, resolve_name
-from automl_ft.data import IMAGE, TEXT
+from automl_ft.modalities import IMAGE, TEXT
 from automl_ft.errors import BackboneError
 from automl_ft.train import load_trainable_state
 

@@ -260,7 +260,7 @@ CASES = {
     "malformed yaml": "invalid YAML",
     "unknown space key": "learning_rate: unknown key",
     "unknown backbone": "unknown backbone 'not-a-real-net'",
-    "backbone of the other task": "is for image-classification",
+    "backbone of the other task": "is for image data",
     "bad storage url": "is not a database URL",
     "unreachable storage": "cannot open it",
     "zero trials": "--trials must be at least 1",
@@ -294,7 +294,7 @@ CASES = {
     "tune: best holds files of the user's": "holds files that are not an export of this run",
     # Nothing is written before every argument is checked (a failed demo left demo-data/ behind).
     "demo: column flags": "apply to tables only",
-    "demo: space of the other task": "the space is for text-classification",
+    "demo: space of the other task": "the space is for text data",
     "demo: artifacts of another scheme": "use a folder path or s3://",
     # Storage that cannot keep a study; passwords (issue 10, section 3).
     "in-memory storage": "in-memory SQLite database keeps no study",

@@ -49,14 +49,15 @@ def test_text_model_gets_dynamic_int8_that_keeps_accuracy(text_built, tmp_path, 
     before = json.loads((model / "metrics.json").read_text())
     result = quantize_model(model, data)
     assert result["method"] == "dynamic" and result["file"] == INT8_FILE and result["reason"] is None
+    assert result["metric"] == "accuracy"  # balanced classes: the task's primary metric is accuracy
     assert (model / INT8_FILE).is_file() and not list(model.glob(".*partial"))
     # Both accuracies are what predict's own pipeline gives on the test split.
-    assert result["fp32_test_accuracy"] == pytest.approx(_acc(model, data.test))
-    assert result["test_accuracy"] == pytest.approx(_acc(model, data.test, model_file=INT8_FILE))
-    assert result["fp32_test_accuracy"] > 0.9  # a working probe, so the comparison means something
-    assert result["accuracy_loss_points"] == pytest.approx(
-        100 * (result["fp32_test_accuracy"] - result["test_accuracy"]), abs=1e-3)
-    assert result["usable"] is (result["accuracy_loss_points"] <= 1.0)
+    assert result["fp32_test_score"] == pytest.approx(_acc(model, data.test))
+    assert result["test_score"] == pytest.approx(_acc(model, data.test, model_file=INT8_FILE))
+    assert result["fp32_test_score"] > 0.9  # a working probe, so the comparison means something
+    assert result["loss_points"] == pytest.approx(
+        100 * (result["fp32_test_score"] - result["test_score"]), abs=1e-3)
+    assert result["usable"] is (result["loss_points"] <= 1.0)
     assert result["usable"], result
     assert result["size_mb"] < result["fp32_size_mb"] / 3  # int8 weights, int8 embedding table
     metrics = json.loads((model / "metrics.json").read_text())
@@ -81,16 +82,16 @@ def test_image_model_gets_static_qdq_calibrated_on_val(image_built, tmp_path):
 
     model, data = _copy(image_built[0], tmp_path), image_built[1]
     result = quantize_model(model, data, calibration_limit=40)
-    assert result["method"] == "static-qdq" and result["test_accuracy"] is not None, result
+    assert result["method"] == "static-qdq" and result["test_score"] is not None, result
     assert result["calibration_examples"] == 40 and result["calibration_split"] == "val"
     ops = {n.op_type for n in onnx.load(str(model / INT8_FILE)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     fp32 = Predictor(model, provider="cpu").predict_logits(data.test.inputs)
     int8 = Predictor(model, provider="cpu", model_file=INT8_FILE).predict_logits(data.test.inputs)
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9  # calibrated ranges: the classes rarely change
-    assert result["test_accuracy"] == pytest.approx(_acc(model, data.test, model_file=INT8_FILE))
-    assert result["fp32_test_accuracy"] == pytest.approx(_acc(model, data.test))
-    assert result["usable"] is (result["accuracy_loss_points"] <= 1.0)
+    assert result["test_score"] == pytest.approx(_acc(model, data.test, model_file=INT8_FILE))
+    assert result["fp32_test_score"] == pytest.approx(_acc(model, data.test))
+    assert result["usable"] is (result["loss_points"] <= 1.0)
     assert result["size_mb"] < result["fp32_size_mb"] / 2.5
 
 
@@ -132,8 +133,9 @@ def test_data_of_another_task_or_classes_is_refused(text_built, image_built, tmp
 
 @pytest.mark.parametrize("existing", ["replace", "insert", "append"])
 def test_card_section_replaces_inserts_or_appends(existing, tmp_path):
-    result = {"method": "dynamic", "file": INT8_FILE, "usable": True, "reason": None, "test_accuracy": 0.95,
-              "fp32_test_accuracy": 0.955, "accuracy_loss_points": 0.5, "max_loss_points": 1.0, "size_mb": 22.3,
+    result = {"method": "dynamic", "file": INT8_FILE, "usable": True, "reason": None, "metric": "accuracy",
+              "test_score": 0.95,
+              "fp32_test_score": 0.955, "loss_points": 0.5, "max_loss_points": 1.0, "size_mb": 22.3,
               "fp32_size_mb": 86.8}
     card = tmp_path / "model_card.md"
     text = {"replace": CARD.format(int8="## INT8\n\n- stale\n\n"), "insert": CARD.format(int8=""),
@@ -144,6 +146,6 @@ def test_card_section_replaces_inserts_or_appends(existing, tmp_path):
     new = card.read_text()
     assert new.count("## INT8") == 1 and "stale" not in new and "\n\n\n" not in new
     assert card_section(result).strip() in new
-    assert "95.00 %" in new and "loss 0.50 points" in new
+    assert "95.00%" in new and "loss 0.50 points" in new
     if existing != "append":
         assert new.index("## INT8") < new.index("## Made with") and "## Test metrics" in new

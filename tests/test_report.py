@@ -171,7 +171,7 @@ def test_single_objective_report_with_all_trial_states(tmp_path, capsys):
     expected = leaderboard(study)
     header, rows = _leaderboard_table(page)
     assert [int(r[0]) for r in rows] == [r["trial"] for r in expected] == [3, 2, 0, 5, 6, 1, 4]
-    acc = header.index("val_acc")
+    acc = header.index("val_accuracy")
     by_number = {t.number: t for t in study.trials}
     for r in rows:
         t = by_number[int(r[0])]
@@ -218,7 +218,7 @@ def test_multi_objective_report_has_pareto_front_and_latency_column(tmp_path, ca
     header, table = _leaderboard_table(page)
     assert header == list(columns)
     assert [int(r[0]) for r in table] == [0, 1, 2, 4, 3]  # by accuracy, the first objective
-    lat, acc = header.index("latency_ms"), header.index("val_acc")
+    lat, acc = header.index("latency_ms"), header.index("val_accuracy")
     assert [(r[acc], r[lat]) for r in table[:3]] == [("90.00%", "12.50"), ("85.00%", "4.00"), ("70.00%", "20.00")]
     assert "latency_ms" in out and "12.50" in out
 

@@ -184,7 +184,8 @@ def test_latency_aware_search(tmp_path, text_csv, tiny_text_space, capsys):
     assert "Pareto front" in card and "ms (onnxruntime, CPU, batch 1" in card
     metrics = json.loads((run / "best" / "metrics.json").read_text())
     best = max(done, key=lambda t: t.values[0])
-    assert metrics["val_accuracy"] == best.values[0] and metrics["latency"]["median_ms"] == best.values[1]
+    assert metrics["val_metric"] == "val_accuracy" and metrics["val_score"] == best.values[0]
+    assert metrics["latency"]["median_ms"] == best.values[1]
 
     # A latency limit picks the most accurate trial under it, and refuses when none qualifies.
     capsys.readouterr()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from automl_ft.tasks import Task
 
 # The single-label task names from before problem types existed (still valid full names); modules that only
 # need the modality should compare LabeledData.modality with IMAGE_MODALITY / TEXT_MODALITY.
@@ -66,3 +69,13 @@ class LabeledData:
     def problem(self) -> str:
         """``classification``, ``multilabel`` or ``regression`` (the second half of :attr:`task`)."""
         return self.task.partition("-")[2]
+
+    def fitted_task(self) -> Task:
+        """The task fitted on the training labels (codec, imbalance, primary metric), made once per data set:
+        training, search, export and the card all ask this one object."""
+        task = self.__dict__.get("_fitted_task")
+        if task is None:
+            from automl_ft.tasks import get_task
+
+            task = self.__dict__["_fitted_task"] = get_task(self.problem).fit(self.classes, self.train.labels)
+        return task

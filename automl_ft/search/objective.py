@@ -21,6 +21,7 @@ import torch
 
 from automl_ft.config import TrialConfig
 from automl_ft.data import LabeledData
+from automl_ft.metrics import format_metric
 from automl_ft.train import MODEL_FILE, RESUME_META, Caches, TrainingDiverged, clean_resume_point, fit
 
 from .pruners import BaselinePruner
@@ -38,10 +39,13 @@ def is_oom(e: BaseException) -> bool:
 
 
 def describe(config: TrialConfig) -> str:
+    from automl_ft.modalities import get_modality
+
     ad = config.adaptation if config.adaptation == "full" else f"lora r{config.lora_rank}"
-    extra = f"{config.image_size}px {config.augment}" if config.image_size else f"len {config.max_length}"
+    extra = get_modality(config.modality).describe(config)
+    choices = "".join(f" {v}" for v in (config.loss, config.imbalance) if v and v != "none")
     return (f"{config.backbone} {ad} freeze {config.freeze_depth} lr {config.lr:.2g} bs {config.batch_size} "
-            f"{config.epochs} ep {extra}")
+            f"{config.epochs} ep {extra}{choices}")
 
 
 class Objective:
@@ -81,7 +85,8 @@ class Objective:
         history = list(trial.user_attrs.get("retry_history", []))  # set by RetryFromCheckpoint
         original = history[0] if history else trial.number
         # A retry reuses the original trial's seed, so resuming reproduces what the failed run would have done.
-        config = self.space.suggest(trial, self.data.num_classes, seed=self.seed + original)
+        task = self.data.fitted_task()
+        config = self.space.suggest(trial, self.data.task, task, seed=self.seed + original)
         workdir = self.trial_dir(trial.number)
         resume_dir = self._resume_dir(trial, history)
         trial.set_user_attr("worker", worker_identity())
@@ -101,11 +106,11 @@ class Objective:
             seen.append(value)
             if trial.should_prune():
                 pruner = trial.study.pruner
-                if isinstance(pruner, BaselinePruner) and epoch >= pruner.min_epochs and \
-                        max(seen) <= pruner.baseline + 1e-9:
-                    reason = f"stuck at the majority-class baseline ({100 * value:.2f}%) after {epoch} epochs"
+                shown = format_metric(task.primary_metric, value)
+                if isinstance(pruner, BaselinePruner) and epoch >= pruner.min_epochs and pruner.no_better(seen):
+                    reason = f"no better than the trivial baseline ({task.primary_metric} {shown}) after {epoch} epochs"
                 else:
-                    reason = f"pruned at epoch {epoch} (val acc {100 * value:.2f}%)"
+                    reason = f"pruned at epoch {epoch} (val {task.primary_metric} {shown})"
                 trial.set_user_attr("pruned_reason", reason)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 

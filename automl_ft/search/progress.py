@@ -8,7 +8,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .leaderboard import format_cell, leaderboard, shown_columns
+from automl_ft.metrics import format_metric, record_score
+
+from .leaderboard import NUMERIC, column_title, format_cell, leaderboard, shown_columns, study_metric
 
 if TYPE_CHECKING:
     import optuna
@@ -43,12 +45,12 @@ class SearchProgress:
         table = Table(title="leaderboard", expand=False, title_justify="left")
         rows = leaderboard(self.study, limit=12)
         columns = shown_columns(rows)
+        metric = study_metric(self.study)
         for col in columns:
-            table.add_column(col, justify="right" if col in ("trial", "freeze", "lr", "batch", "val_acc", "latency_ms",
-                                                             "minutes") else "left",
+            table.add_column(column_title(col, metric), justify="right" if col in NUMERIC else "left",
                              overflow="fold", max_width=48 if col == "note" else None)
         for row in rows:
-            table.add_row(*(format_cell(c, row.get(c)) for c in columns))
+            table.add_row(*(format_cell(c, row.get(c), metric) for c in columns))
         return table
 
     def _render(self):
@@ -117,8 +119,9 @@ class SearchProgress:
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         if self._live is None:
-            self.message(f"  trial {self._trial_number} epoch {record['epoch']}: val acc "
-                         f"{100 * record['val_accuracy']:.2f}%  val loss {record['val_loss']:.4f}  "
+            metric = record.get("val_metric", "accuracy")
+            self.message(f"  trial {self._trial_number} epoch {record['epoch']}: val {metric} "
+                         f"{format_metric(metric, record_score(record))}  val loss {record['val_loss']:.4f}  "
                          f"train loss {record['train_loss']:.4f}  ({record['seconds']:.0f} s)")
         self._refresh()
 
@@ -127,8 +130,11 @@ class SearchProgress:
         if self._live is None:
             from .leaderboard import trial_row
 
-            row = trial_row(trial)
-            self.message(f"trial {trial.number} {row['state']}: val acc {format_cell('val_acc', row['val_acc'])}"
+            from optuna.study import StudyDirection
+
+            row = trial_row(trial, maximize=study.directions[0] == StudyDirection.MAXIMIZE)
+            metric = study_metric(study)
+            self.message(f"trial {trial.number} {row['state']}: val {metric} {format_cell('val', row['val'], metric)}"
                          f" in {format_cell('minutes', row['minutes'])} min"
                          + (f" ({row['note']})" if row["note"] else ""))
         self._refresh()

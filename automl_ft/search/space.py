@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automl_ft.config import AUGMENTS, TrialConfig
-from automl_ft.data import TASKS, TEXT
+from automl_ft.config import AUGMENTS, IMBALANCE, TrialConfig
+from automl_ft.modalities import TEXT, list_modalities
 from automl_ft.errors import BackboneError, SearchSpaceError
 
 if TYPE_CHECKING:
+    from automl_ft.tasks import Task
     import optuna
 
 TOP_KEYS = {"task", "backbones", "backbone_defaults", "adaptation", "training", "sampler", "pruner", "first_trial",
@@ -252,8 +253,12 @@ class SearchSpace:
         if extra:
             raise ctx.fail(sorted(extra)[0], f"unknown key; known: {', '.join(sorted(TOP_KEYS))}")
         self.task = raw.get("task")
-        if self.task not in TASKS:
-            raise ctx.fail("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        try:
+            # A space is about inputs (backbones, lengths, image sizes), so it serves every task of its modality:
+            # text-classification.yaml also searches text regression and multi-label data.
+            self.modality = space_modality(self.task)
+        except ValueError as e:
+            raise ctx.fail("task", str(e)) from None
         counter = block_counter or count_blocks
         self.backbones = self._parse_backbones(ctx, raw, backbones, counter)
         self.adaptation = self._parse_adaptation(ctx, raw.get("adaptation"))
@@ -324,7 +329,7 @@ class SearchSpace:
                 raise ctx.fail(f"{key}.options.{sorted(bad)[0]}",
                                f"unknown option; known: {', '.join(sorted(BACKBONE_OPTION_KEYS))}")
             try:
-                resolve_name(name, self.task)
+                resolve_name(name, self.modality)
             except BackboneError as e:
                 if chosen:
                     raise
@@ -337,7 +342,7 @@ class SearchSpace:
             n = counter(name, options)
             fd = _param(ctx, f"{key}.freeze_depth", settings.get("freeze_depth", 0), kind="int", block_count=n,
                         backbone=repr(name))
-            if self.task == TEXT:
+            if self.modality == TEXT:
                 if "image_size" in settings or "augment" in settings:
                     raise ctx.fail(key, "image_size/augment apply to image backbones only")
                 ml = _param(ctx, f"{key}.max_length", settings.get("max_length", 128), kind="int", low=8, high=8192)
@@ -451,8 +456,13 @@ class SearchSpace:
     def max_epochs(self) -> int:
         return int(self.training["epochs"].max)
 
-    def suggest(self, trial: optuna.Trial, num_classes: int, seed: int) -> TrialConfig:
-        """Sample a configuration define-by-run (conditional parameters only where they apply)."""
+    def suggest(self, trial: optuna.Trial, task_name: str, task: Task, seed: int) -> TrialConfig:
+        """Sample a configuration define-by-run (conditional parameters only where they apply).
+
+        Args:
+            task_name: the data's full task name (``text-regression``, ...); ``task`` its fitted task, which sizes
+                the head and offers its own choices (regression's loss; a remedy for imbalanced classes).
+        """
         names = list(self.backbones)
         bb_name = names[0] if len(names) == 1 else trial.suggest_categorical("backbone", names)
         if len(names) == 1:
@@ -462,9 +472,9 @@ class SearchSpace:
         adaptation = kinds[0] if len(kinds) == 1 else trial.suggest_categorical("adaptation", kinds)
         ad = self.adaptation[adaptation]
         values: dict[str, Any] = {
-            "task": self.task,
+            "task": task_name,
             "backbone": bb_name,
-            "num_classes": num_classes,
+            "num_classes": task.head_size,
             "freeze_depth": int(bb.freeze_depth.sample(trial, f"{bb_name}.freeze_depth")),
             "adaptation": adaptation,
             "lr": float(ad["lr"].sample(trial, f"{adaptation}.lr")),
@@ -475,16 +485,24 @@ class SearchSpace:
             values["lora_rank"] = int(ad["rank"].sample(trial, "lora.rank"))
             values["lora_alpha"] = float(ad["alpha"].sample(trial, "lora.alpha"))
             values["lora_dropout"] = float(ad["dropout"].sample(trial, "lora.dropout"))
-        if self.task == TEXT:
+        if self.modality == TEXT:
             values["max_length"] = int(bb.max_length.sample(trial, f"{bb_name}.max_length"))
         else:
             values["image_size"] = int(bb.image_size.sample(trial, f"{bb_name}.image_size"))
             values["augment"] = str(bb.augment.sample(trial, f"{bb_name}.augment"))
         for key, param in self.training.items():
+            if key == "label_smoothing" and not task.uses_label_smoothing:
+                values[key] = 0.0  # not sampled: a dimension the task cannot use would only dilute TPE's model
+                continue
             v = param.sample(trial, key)
             values[key] = int(v) if param.kind == "int" or key in ("batch_size", "epochs", "patience") else float(v)
         if values["max_grad_norm"] == 0:
             values["max_grad_norm"] = None
+        losses = task.loss_choices()
+        if len(losses) > 1:
+            values["loss"] = str(trial.suggest_categorical("task.loss", losses))
+        if task.imbalanced:
+            values["imbalance"] = str(trial.suggest_categorical("task.imbalance", list(IMBALANCE)))
         return TrialConfig(**values)
 
     def first_trial_params(self) -> dict[str, Any] | None:
@@ -562,20 +580,38 @@ def count_blocks(name: str, options: dict[str, Any] | None = None) -> int:
     raise BackboneError(f"backbone {name!r}: its config does not say how many layers it has")
 
 
-def default_space_path(task: str) -> Path:
-    return Path(str(importlib.resources.files("automl_ft.search_spaces") / f"{task}.yaml"))
+def space_modality(task: Any) -> str:
+    """The modality a space's ``task:`` names: a modality (``text``) or any full task name (``text-regression``)."""
+    from automl_ft.tasks import FULL_TASKS, split_task_name
+
+    if task in list_modalities():
+        return str(task)
+    if task in FULL_TASKS:
+        return split_task_name(task)[0]
+    raise ValueError(f"must be a modality ({', '.join(list_modalities())}) or a task ({', '.join(FULL_TASKS)}), "
+                     f"got {task!r}")
+
+
+def default_space_path(name: str) -> Path:
+    """A bundled space by name: a modality's default (``text`` -> text-classification.yaml) or a file stem."""
+    stem = f"{name}-classification" if name in list_modalities() else name
+    return Path(str(importlib.resources.files("automl_ft.search_spaces") / f"{stem}.yaml"))
 
 
 def load_space(path: str | Path | None, task: str, *, backbones: list[str] | None = None,
                trust_remote_code: bool = False) -> SearchSpace:
-    """Load and validate a search-space YAML (the task's default when ``path`` is None).
+    """Load and validate a search-space YAML (the default of the task's modality when ``path`` is None).
+
+    Args:
+        task: the data's full task name, or a modality.
 
     Raises:
-        SearchSpaceError: unreadable or malformed file, or a space for the other task.
+        SearchSpaceError: unreadable or malformed file, or a space for the other modality.
     """
     import yaml
 
-    file = Path(path).expanduser() if path else default_space_path(task)
+    modality = space_modality(task)
+    file = Path(path).expanduser() if path else default_space_path(modality)
     if not file.is_file():
         raise SearchSpaceError(f"{file}: no such search-space file; pass --space with a YAML file")
     try:
@@ -590,7 +626,7 @@ def load_space(path: str | Path | None, task: str, *, backbones: list[str] | Non
     if raw is None:
         raise SearchSpaceError(f"{file}: the file is empty; see search_spaces/ for examples")
     space = SearchSpace(raw, str(file), backbones=backbones, trust_remote_code=trust_remote_code)
-    if space.task != task:
-        raise SearchSpaceError(f"{file}: task: the space is for {space.task} but the data is {task}; pass a matching "
-                               "--space")
+    if space.modality != modality:
+        raise SearchSpaceError(f"{file}: task: the space is for {space.modality} data but the data is {task}; pass a "
+                               "matching --space")
     return space

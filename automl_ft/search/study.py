@@ -46,10 +46,10 @@ def make_sampler(space: SearchSpace, n_trials: int, seed: int) -> optuna.sampler
     ), seed)
 
 
-def make_pruner(space: SearchSpace, multi_objective: bool = False,
-                baseline: float | None = None) -> optuna.pruners.BasePruner:
-    """Hyperband (default), successive halving or median pruning on per-epoch validation accuracy, plus pruning of
-    trials stuck at the majority-class ``baseline`` (see pruners.py).
+def make_pruner(space: SearchSpace, multi_objective: bool = False, baseline: float | None = None,
+                direction: str = "maximize") -> optuna.pruners.BasePruner:
+    """Hyperband (default), successive halving or median pruning on the per-epoch primary validation metric, plus
+    pruning of trials no better than the task's trivial ``baseline`` (see pruners.py).
 
     Multi-objective studies get none: Optuna cannot prune them (``trial.report`` is single-objective).
     """
@@ -58,7 +58,7 @@ def make_pruner(space: SearchSpace, multi_objective: bool = False,
     inner = _rank_pruner(space, multi_objective)
     if baseline is None or multi_objective or space.pruner.get("type") == "none":  # "none" means no pruning at all
         return inner
-    return BaselinePruner(inner, baseline)
+    return BaselinePruner(inner, baseline, direction=direction)
 
 
 def _rank_pruner(space: SearchSpace, multi_objective: bool) -> optuna.pruners.BasePruner:
@@ -168,13 +168,16 @@ def count_done(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def accuracy_of(t: optuna.trial.FrozenTrial) -> float | None:
-    """Validation accuracy: the value, or the first of the values (accuracy, latency) of a multi-objective trial."""
+def score_of(t: optuna.trial.FrozenTrial) -> float | None:
+    """The primary validation metric: the value, or the first of the values (metric, latency) of a
+    multi-objective trial."""
     return t.values[0] if t.values else None
 
 
 def best_trial(study: optuna.Study, max_latency_ms: float | None = None) -> optuna.trial.FrozenTrial | None:
-    """The most accurate complete trial (under ``max_latency_ms`` if given); ties: lower validation loss, earlier."""
+    """The complete trial with the best primary metric (under ``max_latency_ms`` if given); ties: lower validation
+    loss, earlier."""
+    from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
@@ -182,7 +185,8 @@ def best_trial(study: optuna.Study, max_latency_ms: float | None = None) -> optu
         done = [t for t in done if t.user_attrs.get("latency_ms", float("inf")) <= max_latency_ms]
     if not done:
         return None
-    return min(done, key=lambda t: (-accuracy_of(t), t.user_attrs.get("val_loss", float("inf")), t.number))
+    sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
+    return min(done, key=lambda t: (sign * score_of(t), t.user_attrs.get("val_loss", float("inf")), t.number))
 
 
 def wait_for_running(study: optuna.Study, timeout: float) -> None:

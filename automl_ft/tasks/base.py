@@ -135,6 +135,10 @@ class Task(abc.ABC):
     name: ClassVar[str]  # registry key, e.g. "multilabel"
     description: ClassVar[str]
     detect_priority: ClassVar[int]  # detect_problem asks tasks in increasing priority; classification is the fallback
+    #: what the exported model's ``logits`` output means (the model card's "Use" section)
+    output_doc: ClassVar[str]
+    #: whether label smoothing means anything for this task's targets (the search fixes it at 0 where not)
+    uses_label_smoothing: ClassVar[bool] = True
 
     def __init__(self, classes: Sequence[str]):
         self.classes = list(classes)
@@ -270,6 +274,25 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def summary(self, splits: dict[str, list]) -> dict[str, Any]:
         """Label statistics per split (``{"train": labels, "val": ..., "test": ...}``) for data_summary.json."""
+
+    def encode_true(self, cell: Any, label_sep: str) -> tuple[Any, list[str]]:
+        """A known label as given with an input to ``predict`` (a table cell) -> ``(label, unknown class names)``.
+
+        ``label`` is what :meth:`metrics` takes (None for a missing cell); names the model does not know are
+        returned instead, so the caller can say how many inputs were not scored and why.
+        """
+        parsed = type(self).parse_labels([cell], label_sep)
+        if parsed.missing or not parsed.labels:
+            return None, []
+        label = parsed.labels[0]
+        if not parsed.classes:  # a number (regression): nothing to map
+            return label, []
+        names = [parsed.classes[i] for i in (label if isinstance(label, list) else [label])]
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            return None, unknown
+        indices = [self.classes.index(n) for n in names]
+        return (sorted(indices) if isinstance(label, list) else indices[0]), []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(classes={len(self.classes)}, primary_metric={self.primary_metric!r})"

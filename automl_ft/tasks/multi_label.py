@@ -87,6 +87,8 @@ class MultiLabel(Task):
     name = "multilabel"
     description = "multi-label classification: any set of classes per example (sigmoids, binary cross-entropy)"
     detect_priority = 10
+    output_doc = ("one score per label, in `labels.json` order; a label applies when the sigmoid of its score "
+                  "reaches its threshold in `task.json` (tuned on the validation split)")
 
     def __init__(self, classes: list[str], thresholds: list[float] | None = None, calibrated: bool = False,
                  train_positives: list[int] | None = None, train_count: int = 0):
@@ -156,6 +158,16 @@ class MultiLabel(Task):
         return cls(classes, None, False, positives.tolist(), len(train_labels))
 
     # ---- fitted ---------------------------------------------------------------------------------------------
+    def encode_true(self, cell: Any, label_sep: str) -> tuple[Any, list[str]]:
+        """One input's known label set (an empty set is a valid answer: the example has no label)."""
+        names = _label_set(cell, label_sep)
+        if names is None:
+            return None, []
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            return None, unknown
+        return sorted(self.classes.index(n) for n in names), []
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "thresholds": self.thresholds.tolist(), "calibrated": self.calibrated,
                 "train_positives": self.train_positives, "train_count": self.train_count,

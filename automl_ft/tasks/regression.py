@@ -84,6 +84,9 @@ class Regression(Task):
     name = "regression"
     description = "regression: one number per example (standardised targets, MSE or Huber loss)"
     detect_priority = 20
+    output_doc = ("one standardized value; times `std` plus `mean` from `task.json` it is the prediction in the "
+                  "target's own units")
+    uses_label_smoothing = False  # a number has no neighbouring classes to spread probability over
 
     def __init__(self, mean: float, std: float, train_count: int = 0):
         super().__init__([])

@@ -53,6 +53,8 @@ class SingleLabel(Task):
 
     name = "classification"
     description = "single-label classification: one class per example (softmax, cross-entropy)"
+    output_doc = ("one score per class, in `labels.json` order; their softmax is the class probabilities and the "
+                  "highest is the label")
     detect_priority = 100  # the fallback: any labels can be classes
 
     def __init__(self, classes: list[str], train_counts: list[int] | None = None,

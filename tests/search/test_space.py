@@ -8,6 +8,7 @@ import pytest
 from automl_ft.data import IMAGE, TEXT
 from automl_ft.errors import BackboneError, SearchSpaceError
 from automl_ft.search.space import count_blocks, default_space_path, load_space
+from tests.search.test_study import classifier
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -20,7 +21,7 @@ def test_default_spaces_load_and_sample(task):
     seen = set()
     for _ in range(40):
         trial = study.ask()
-        cfg = space.suggest(trial, num_classes=4, seed=0)
+        cfg = space.suggest(trial, task, classifier(4), seed=0)
         seen.add(cfg.adaptation)
         bb = space.backbones[cfg.backbone]
         assert bb.freeze_depth.low <= cfg.freeze_depth <= bb.freeze_depth.high
@@ -40,7 +41,7 @@ def test_first_trial_is_inside_the_space(task):
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(params)
     trial = study.ask()
-    cfg = space.suggest(trial, num_classes=3, seed=0)
+    cfg = space.suggest(trial, task, classifier(3), seed=0)
     for key, value in params.items():
         assert trial.params[key] == value, key
     assert cfg.adaptation == space.first_trial["adaptation"]
@@ -72,7 +73,7 @@ adaptation:
     (BASE + "training: {weight_decay: {low: 0, high: 0.1, log: true}}\n", "log range needs low > 0"),
     (BASE + "training: {dropout: {choices: []}}\n", "choices must be a non-empty list"),
     (BASE + "pruner: {type: magic}\n", "pruner.type: must be one of"),
-    (BASE.replace("task: text-classification", "task: speech"), "task: must be one of"),
+    (BASE.replace("task: text-classification", "task: speech"), "task: must be a modality"),
     (BASE.replace("full: {lr: 1.0e-4}", "full: {}"), r"adaptation.full.lr: is required"),
     (BASE.replace("full:", "prefix:"), "adaptation.prefix: unknown adaptation"),
     (BASE.replace("high: N}", "high: M}"), "'M': use an integer, N"),
@@ -89,7 +90,7 @@ def test_malformed_spaces_name_file_and_key(tmp_path, text, match):
 
 
 def test_space_for_the_other_task(tmp_path):
-    with pytest.raises(SearchSpaceError, match="space is for text-classification but the data is image"):
+    with pytest.raises(SearchSpaceError, match="space is for text data but the data is image"):
         load_space(write(tmp_path, BASE), IMAGE)
 
 
@@ -186,7 +187,7 @@ def test_cli_backbones_override_and_defaults(tmp_path, tiny_bert_dir):
     assert space.backbones[str(tiny_bert_dir)].freeze_depth.high == 2  # from the local config.json
     with pytest.raises(BackboneError, match="unknown backbone 'not-a-backbone'"):
         load_space(write(tmp_path, text), TEXT, backbones=["not-a-backbone"])
-    with pytest.raises(BackboneError, match="is for image-classification"):
+    with pytest.raises(BackboneError, match="is for image data"):
         load_space(write(tmp_path, text), TEXT, backbones=["efficientnet-lite0"])
 
 

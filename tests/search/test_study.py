@@ -12,6 +12,12 @@ import pytest
 
 from automl_ft.search.storage import make_storage
 from automl_ft.search.study import StudyBudget, claim_abandoned, claim_export, recover_interrupted, worker_identity
+from automl_ft.tasks import get_task
+
+
+def classifier(k: int):
+    """A fitted single-label task over k classes (what sizes the head a space samples for)."""
+    return get_task("classification").fit([f"c{i}" for i in range(k)], list(range(k)))
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -81,6 +87,7 @@ from automl_ft.data import TEXT
 from automl_ft.search.space import load_space
 from automl_ft.search.storage import make_storage
 from automl_ft.search.study import make_sampler, open_study
+from automl_ft.tasks import get_task
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 url, name, seed, n_trials, ready, me = sys.argv[1:]
@@ -94,7 +101,8 @@ while len(list(Path(ready).iterdir())) < 2 and time.time() < end:  # start toget
 
 
 def objective(trial):
-    space.suggest(trial, num_classes=4, seed=0)
+    space.suggest(trial, "text-classification", get_task("classification").fit(list("abcd"), [0, 1, 2, 3]),
+                  seed=0)
     trial.set_user_attr("worker", me)
     time.sleep(0.3)  # long enough that the other worker starts trials meanwhile
     return float(sum(hash(json.dumps(v)) % 1000 for v in trial.params.values())) / 1e4
@@ -132,7 +140,7 @@ def test_two_workers_with_the_same_seed_do_not_repeat_each_other(tmp_path):
 
 def _run(study: optuna.Study, space, n: int) -> None:
     def objective(trial):
-        space.suggest(trial, num_classes=4, seed=0)
+        space.suggest(trial, "text-classification", classifier(4), seed=0)
         return float(trial.params.get("weight_decay", 0.0)) + trial.number * 1e-3
 
     study.optimize(objective, n_trials=n)
