@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from automl_ft import __version__
 from automl_ft.errors import AutomlError
 
-BENCHES = ("lora", "adamw", "onnx", "train", "gpu")  # gpu: bench/gpu.sh, the prepared run of every GPU check
+BENCHES = ("lora", "adamw", "onnx", "train", "tasks", "gpu")  # gpu: bench/gpu.sh, the prepared run of every GPU check
 
 
 class _Parser(argparse.ArgumentParser):
