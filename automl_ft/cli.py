@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from automl_ft import __version__
 from automl_ft.errors import AutomlError
 
-BENCHES = ("lora", "adamw", "onnx", "train", "gpu")  # gpu: bench/gpu.sh, the prepared run of every GPU check
+BENCHES = ("lora", "adamw", "onnx", "train", "gpu", "serve")  # gpu: bench/gpu.sh, the prepared run of every GPU check
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="use the quantized model.int8.onnx (refused when its accuracy check failed)")
 
+    s = sub.add_parser("serve", help="serve an exported model over HTTP (FastAPI + onnxruntime, micro-batched)",
+                       description="HTTP server: GET /health, GET /v1/metadata, POST /v1/predict (JSON "
+                       "{\"inputs\": [...]}), POST /v1/predict/upload (image files), docs at /docs.")
+    s.add_argument("model_dir", metavar="MODEL_DIR", help="an exported model folder, e.g. RUN_DIR/best")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_int, default=8000, help="port (default 8000)")
+    s.add_argument("--workers", type=_int, default=1, metavar="N", help="server processes, each with the model")
+    s.add_argument("--max-batch", type=_int, default=32, metavar="B",
+                   help="most inputs of concurrent requests run as one model call (1: no micro-batching)")
+    s.add_argument("--max-wait-ms", type=_number, default=5.0, metavar="MS",
+                   help="how long the first request of a batch waits for others (default 5)")
+    s.add_argument("--max-body-mb", type=_number, default=10.0, metavar="M",
+                   help="larger request bodies are refused with 413 (default 10)")
+    s.add_argument("--max-inputs", type=_int, default=256, metavar="N",
+                   help="more inputs in one request are refused with 413 (default 256)")
+    s.add_argument("--provider", default="auto", help="onnxruntime execution provider: auto, cpu or cuda")
+    s.add_argument("--threads", type=_int, metavar="T", help="onnxruntime intra-op threads (default: physical cores)")
+
     r = sub.add_parser("report", help="leaderboard, plots and an HTML page for a run")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--storage", metavar="URL", help="storage URL, needed when run.json hides its password")
@@ -190,6 +208,13 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
         return run_predict(args.model_dir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
                            provider=args.provider, threads=args.threads, int8=args.int8)
+    if args.command == "serve":
+        from automl_ft.serve import ServeConfig, run_serve
+
+        return run_serve(ServeConfig(args.model_dir, host=args.host, port=args.port, workers=args.workers,
+                                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                     max_body_mb=args.max_body_mb, max_inputs=args.max_inputs,
+                                     provider=args.provider, threads=args.threads))
     if args.command == "report":
         from automl_ft.commands import run_report
 
