@@ -229,11 +229,17 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
         (tmp / TASK_FILE).write_text(json.dumps({"task": config.task, "state": task.state_dict()}, indent=2) + "\n")
         config.save(tmp / "config.json")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / TORCH_FILE))
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         if hf or (hf is None and config.modality == TEXT):
             from automl_ft.hf_format import export_hf
 
-            export_hf(tmp)
+            try:
+                export_hf(tmp)
+                metrics["hf"] = {"written": True}
+            except Exception as e:  # asked for: fail; automatic: the ONNX export stands, metrics.json says why
+                if hf:
+                    raise
+                metrics["hf"] = {"written": False, "reason": str(e).splitlines()[0][:300] if str(e) else repr(e)}
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         if card_writer is not None:
             card_writer(tmp, metrics)
         _swap_in(tmp, out_dir)

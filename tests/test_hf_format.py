@@ -113,6 +113,7 @@ def test_tune_writes_hf_and_the_hub_header_export_format_hf_adds_timm(tmp_path, 
     assert main(["tune", str(text_csv), "--out", str(run), "--space", str(tiny_text_space), "--trials", "1"]) == 0
     best = run / "best"
     assert (best / "hf" / "config.json").is_file() and (best / "hf" / "model.onnx").is_file()
+    assert json.loads((best / "metrics.json").read_text())["hf"] == {"written": True}
     card = (best / "model_card.md").read_text()
     assert card.startswith("---\n")
     meta = yaml.safe_load(card.split("---\n")[1])
