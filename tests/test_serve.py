@@ -246,3 +246,19 @@ def test_cli_serve_bad_folder_is_one_line_exit_2(tmp_path, capsys):
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "no such model folder" in err and "--max-batch must be at least 1" in err
+
+
+def test_workers_each_load_the_model_without_torch(text_model, tmp_path):
+    server = Server(text_model, tmp_path / "workers.log", "--workers", "2")
+    try:
+        r = httpx.post(server.url + "/v1/predict", json={"inputs": TEXTS[:2]}, timeout=30)
+        assert r.status_code == 200
+        assert_same(r.json()["predictions"], cli_predict(text_model, ["-"], "\n".join(TEXTS[:2]) + "\n"))
+        deadline = time.time() + 30
+        while time.time() < deadline and server.log.read_text().count(" serving ") < 2:
+            time.sleep(0.2)
+        serving = [line for line in server.log.read_text().splitlines() if " serving " in line]
+        assert len({line.split()[2] for line in serving}) == 2  # two worker pids
+        assert all("torch imported: False" in line for line in serving)
+    finally:
+        server.stop()
