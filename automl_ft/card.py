@@ -55,15 +55,15 @@ def hub_header(*, config: dict[str, Any], data_summary: dict[str, Any], task: Ta
 def _hf_section(config: dict[str, Any]) -> list[str]:
     if str(config.get("task", "")).startswith("image-"):
         return ["## Hugging Face formats", "",
-                f"`{HF_DIR}/` is timm's folder (config.json + model.safetensors): "
-                f"`timm.create_model(\"local-dir:{HF_DIR}\", pretrained=True)` loads the trained model.", ""]
+                (f"`{HF_DIR}/` is timm's folder (config.json + model.safetensors): "
+                 f"`timm.create_model(\"local-dir:{HF_DIR}\", pretrained=True)` loads the trained model."), ""]
     return ["## Hugging Face formats", "",
-            f"`{HF_DIR}/` holds the fine-tuned encoder (`AutoModel.from_pretrained`), its tokenizer, the head "
+            (f"`{HF_DIR}/` holds the fine-tuned encoder (`AutoModel.from_pretrained`), its tokenizer, the head "
             "(`head.safetensors`, pooling in `head.json`) and `model.onnx` in the layout Optimum's "
             "`ORTModelForSequenceClassification.from_pretrained` reads (it gives the logits directly). "
             "`transformers.pipeline(\"text-classification\")` would add an untrained [CLS] pooler head instead of "
             "this model's pooling: use `pipeline(\"feature-extraction\")`, then pool and apply the head "
-            "(`automl_ft.hf_format.hf_logits` does exactly that).", ""]
+            "(`automl_ft.hf_format.hf_logits` does exactly that)."), ""]
 
 
 def _pct(v: Any) -> str:

@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -173,7 +173,6 @@ def metadata(predictor: Any) -> dict[str, Any]:
     """What ``GET /v1/metadata`` answers: the task, labels, what inputs look like, test metrics, the card's summary."""
     from automl_ft.card import CARD_FILE
 
-    rec = predictor.record
     if predictor.is_image:
         pre = predictor.pre
         inputs = {"kind": "image", "encoding": "base64 (JSON) or multipart files", "size": pre.size,
@@ -294,7 +293,8 @@ def create_app(config: ServeConfig) -> Any:
         return {"predictions": await _decode(predictor, payloads, body.top_k)}
 
     @app.post("/v1/predict/upload", response_model=PredictResponse)
-    async def predict_upload(request: Request, files: list[UploadFile] = File(..., description="image files"),
+    async def predict_upload(request: Request,
+                             files: Annotated[list[UploadFile], File(description="image files")],
                              top_k: int = 1) -> dict[str, Any]:
         """Predict for uploaded image files (multipart/form-data, field ``files``); image models only."""
         predictor = state["predictor"]
