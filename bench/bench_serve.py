@@ -37,6 +37,8 @@ from typing import Any
 from automl_ft.bench.common import environment, print_table, write_results
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# This file's own results folder: automl_ft.bench.common's default is that of the installed copy of bench/.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _free_port() -> int:
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     env["model"] = str(model)
     config = {"clients": clients, "max_batch": batches, "requests": args.requests, "seconds": args.seconds,
               "threads": args.threads, "inputs": "image" if is_image else "text", "model_dir": str(model)}
-    json_path, _ = write_results("serve", rows, env, config, Path(args.out) if args.out else None)
+    json_path, _ = write_results("serve", rows, env, config, Path(args.out) if args.out else RESULTS_DIR)
     print_table("automl-ft serve under load", rows, ["mode", "max_batch", "clients", "requests", "errors",
                                                      "requests_per_s", "p50_ms", "p99_ms", "model_calls_per_request"])
     print(f"results: {json_path}")
