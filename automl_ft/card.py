@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from automl_ft.tasks import Task
 
+from automl_ft.rundir import HF_DIR
+
 CARD_FILE = "model_card.md"
 PACKAGES = ("automl-ft", "torch", "triton", "optuna", "transformers", "timm", "onnx", "onnxruntime", "tokenizers",
             "peft", "numpy")
@@ -25,6 +27,43 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def hub_header(*, config: dict[str, Any], data_summary: dict[str, Any], task: Task, metrics: dict[str, Any]
+               ) -> str:
+    """The Hugging Face Hub's YAML metadata block (``---`` ... ``---``) that opens a model card: library, tags,
+    data set, metrics and pipeline tag, so the card renders and files on the Hub."""
+    import yaml
+
+    modality = str(config.get("task") or "text-classification").split("-")[0]  # "text" or "image"
+    source = str(data_summary.get("source") or "")
+    dataset = Path(source.rstrip("/")).stem if source else ""
+    test = metrics.get("test", {})
+    meta = {
+        "library_name": "timm" if modality == "image" else "transformers",
+        "pipeline_tag": f"{modality}-classification",
+        "tags": ["automl-ft", "onnx", f"{modality}-classification", task.hf_problem_type.replace("_", "-"),
+                 str(config.get("backbone") or "").rsplit("/", 1)[-1]],
+        "metrics": [k for k, v in test.items() if isinstance(v, (int, float)) and k not in ("num_examples", "loss")],
+    }
+    if dataset:
+        meta["datasets"] = [dataset]
+    meta["tags"] = [t for t in meta["tags"] if t]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
+
+
+def _hf_section(config: dict[str, Any]) -> list[str]:
+    if str(config.get("task", "")).startswith("image-"):
+        return ["## Hugging Face formats", "",
+                (f"`{HF_DIR}/` is timm's folder (config.json + model.safetensors): "
+                 f"`timm.create_model(\"local-dir:{HF_DIR}\", pretrained=True)` loads the trained model."), ""]
+    return ["## Hugging Face formats", "",
+            (f"`{HF_DIR}/` holds the fine-tuned encoder (`AutoModel.from_pretrained`), its tokenizer, the head "
+            "(`head.safetensors`, pooling in `head.json`) and `model.onnx` in the layout Optimum's "
+            "`ORTModelForSequenceClassification.from_pretrained` reads (it gives the logits directly). "
+            "`transformers.pipeline(\"text-classification\")` would add an untrained [CLS] pooler head instead of "
+            "this model's pooling: use `pipeline(\"feature-extraction\")`, then pool and apply the head "
+            "(`automl_ft.hf_format.hf_logits` does exactly that)."), ""]
 
 
 def _pct(v: Any) -> str:
@@ -147,7 +186,10 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
     lines += ["```", "", "## Commands", "", "```"]
     lines += commands or ["(unknown)"]
     lines += ["```", ""]
+    if (directory / HF_DIR).is_dir():
+        lines[lines.index("## Data"):lines.index("## Data")] = _hf_section(config)
     path = directory / CARD_FILE
-    path.write_text("\n".join(lines))
+    path.write_text(hub_header(config=config, data_summary=data_summary, task=task, metrics=metrics)
+                    + "\n".join(lines))
     (directory / "search.json").write_text(json.dumps(search, indent=2, default=str) + "\n")
     return path

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from automl_ft import __version__
 from automl_ft.errors import AutomlError
 
-BENCHES = ("lora", "adamw", "onnx", "train", "tasks", "gpu")  # gpu: bench/gpu.sh, the prepared run of every GPU check
+BENCHES = ("lora", "adamw", "onnx", "train", "tasks", "serve", "gpu")  # gpu: bench/gpu.sh, the prepared run of every GPU check
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add model.int8.onnx: dynamic INT8 for text, static QDQ calibrated on validation data for "
                         "CNNs; marked unusable when it loses more than 1 point of test accuracy")
 
+    e.add_argument("--format", default="auto", choices=("auto", "hf"),
+                   help="auto (default): ONNX, plus hf/ (save_pretrained + tokenizer, Optimum's ONNX layout) for "
+                        "Hugging Face backbones; hf: hf/ for every backbone (timm's folder for image models)")
+
     p = sub.add_parser("predict", help="classify files, folders, tables or stdin lines with an exported model")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="an exported model folder, e.g. RUN_DIR/best")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -119,6 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime intra-op threads (default: the physical cores)")
     p.add_argument("--int8", action="store_true",
                    help="use the quantized model.int8.onnx (refused when its accuracy check failed)")
+
+    s = sub.add_parser("serve", help="serve an exported model over HTTP (FastAPI + onnxruntime, micro-batched)",
+                       description="HTTP server: GET /health, GET /v1/metadata, POST /v1/predict (JSON "
+                       "{\"inputs\": [...]}), POST /v1/predict/upload (image files), docs at /docs.")
+    s.add_argument("model_dir", metavar="MODEL_DIR", help="an exported model folder, e.g. RUN_DIR/best")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_int, default=8000, help="port (default 8000)")
+    s.add_argument("--workers", type=_int, default=1, metavar="N", help="server processes, each with the model")
+    s.add_argument("--max-batch", type=_int, default=32, metavar="B",
+                   help="most inputs of concurrent requests run as one model call (1: no micro-batching)")
+    s.add_argument("--max-wait-ms", type=_number, default=5.0, metavar="MS",
+                   help="how long the first request of a batch waits for others (default 5)")
+    s.add_argument("--max-body-mb", type=_number, default=10.0, metavar="M",
+                   help="larger request bodies are refused with 413 (default 10)")
+    s.add_argument("--max-inputs", type=_int, default=256, metavar="N",
+                   help="more inputs in one request are refused with 413 (default 256)")
+    s.add_argument("--provider", default="auto", help="onnxruntime execution provider: auto, cpu or cuda")
+    s.add_argument("--threads", type=_int, metavar="T", help="onnxruntime intra-op threads (default: physical cores)")
+
+    u = sub.add_parser("push", help="upload an exported model folder to the Hugging Face Hub",
+                       description="Upload MODEL_DIR to the Hub repository REPO_ID (created if needed): hf/ at the "
+                       "root, the model card as README.md, the rest of the export under automl-ft/.")
+    u.add_argument("model_dir", metavar="MODEL_DIR", help="an exported model folder, e.g. RUN_DIR/best")
+    u.add_argument("repo_id", metavar="REPO_ID", help="OWNER/NAME on the Hub")
+    u.add_argument("--private", action="store_true", help="create the repository private")
+    u.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    u.add_argument("--message", help="commit message")
 
     r = sub.add_parser("report", help="leaderboard, plots and an HTML page for a run")
     r.add_argument("run_dir", metavar="RUN_DIR")
@@ -184,12 +215,25 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from automl_ft.commands import run_export
 
         return run_export(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, int8=args.int8,
-                          argv=argv)
+                          argv=argv, format=args.format)
     if args.command == "predict":
         from automl_ft.predict import run_predict
 
         return run_predict(args.model_dir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
                            provider=args.provider, threads=args.threads, int8=args.int8)
+    if args.command == "serve":
+        from automl_ft.serve import ServeConfig, run_serve
+
+        return run_serve(ServeConfig(args.model_dir, host=args.host, port=args.port, workers=args.workers,
+                                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                     max_body_mb=args.max_body_mb, max_inputs=args.max_inputs,
+                                     provider=args.provider, threads=args.threads))
+    if args.command == "push":
+        from automl_ft.hub import push
+
+        done = push(args.model_dir, args.repo_id, private=args.private, token=args.token, message=args.message)
+        print(f"Pushed {len(done['files'])} files to {done['url']} (commit {done['commit']}).")
+        return 0
     if args.command == "report":
         from automl_ft.commands import run_report
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_ft.errors import UsageError
-from automl_ft.rundir import RunDir, check_creatable, check_not_in_data, check_output_dir
+from automl_ft.rundir import HF_DIR, RunDir, check_creatable, check_not_in_data, check_output_dir
 
 
 def open_run(run_dir: str, storage: str | None) -> tuple[RunDir, dict[str, Any], Any, str]:
@@ -51,7 +51,7 @@ def load_run_data(record: dict[str, Any], run: RunDir | None = None):
 
 
 def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None, storage: str | None = None,
-               int8: bool = False, argv: list[str] | None = None) -> int:
+               int8: bool = False, argv: list[str] | None = None, format: str = "auto") -> int:
     from optuna.trial import TrialState
 
     from automl_ft.rundir import format_command
@@ -91,6 +91,10 @@ def run_export(run_dir: str, *, trial: int | None = None, out: str | None = None
                           say=say, out_dir=out_dir)
     say(f"Exported trial {chosen.number} to {out_dir}: test {data.fitted_task().describe(metrics['test'])}, "
         f"ONNX agreement {100 * metrics['onnx']['prediction_agreement']:.2f}%.")
+    if format == "hf" and not (out_dir / HF_DIR).is_dir():  # "auto" wrote it already for Hugging Face backbones
+        from automl_ft.hf_format import export_hf
+
+        say(f"Hugging Face folder: {export_hf(out_dir)}")
     if int8:
         add_int8(out_dir, data, say)
     return 0

@@ -165,7 +165,8 @@ def _subset(split: Split, limit: int) -> Split:
 
 def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: Caches | None = None,
                  extra_metrics: dict[str, Any] | None = None,
-                 card_writer: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                 card_writer: Callable[[Path, dict[str, Any]], None] | None = None,
+                 hf: bool | None = None) -> dict[str, Any]:
     """Evaluate a trial on the test split and export it to ``out_dir`` (replaced atomically).
 
     The task is first calibrated on the validation split (multi-label decision thresholds), so the test metrics,
@@ -173,6 +174,8 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
 
     Args:
         card_writer: writes the model card into the new directory, given the metrics, before it is swapped in.
+        hf: also write the Hugging Face formats into ``hf/`` (hf_format.py); None: for Hugging Face (text)
+            backbones only.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -226,6 +229,16 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
         (tmp / TASK_FILE).write_text(json.dumps({"task": config.task, "state": task.state_dict()}, indent=2) + "\n")
         config.save(tmp / "config.json")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / TORCH_FILE))
+        if hf or (hf is None and config.modality == TEXT):
+            from automl_ft.hf_format import export_hf
+
+            try:
+                export_hf(tmp)
+                metrics["hf"] = {"written": True}
+            except Exception as e:  # asked for: fail; automatic: the ONNX export stands, metrics.json says why
+                if hf:
+                    raise
+                metrics["hf"] = {"written": False, "reason": str(e).splitlines()[0][:300] if str(e) else repr(e)}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         if card_writer is not None:
             card_writer(tmp, metrics)

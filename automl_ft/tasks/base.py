@@ -137,6 +137,8 @@ class Task(abc.ABC):
     detect_priority: ClassVar[int]  # detect_problem asks tasks in increasing priority; classification is the fallback
     #: what the exported model's ``logits`` output means (the model card's "Use" section)
     output_doc: ClassVar[str]
+    #: transformers' ``config.problem_type`` for this task (the Hugging Face export writes it)
+    hf_problem_type: ClassVar[str]
     #: whether label smoothing means anything for this task's targets (the search fixes it at 0 where not)
     uses_label_smoothing: ClassVar[bool] = True
 

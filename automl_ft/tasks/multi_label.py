@@ -85,6 +85,7 @@ class MultiLabel(Task):
     """Any subset of ``classes`` per example, with a decision threshold per class."""
 
     name = "multilabel"
+    hf_problem_type = "multi_label_classification"
     description = "multi-label classification: any set of classes per example (sigmoids, binary cross-entropy)"
     detect_priority = 10
     output_doc = ("one score per label, in `labels.json` order; a label applies when the sigmoid of its score "

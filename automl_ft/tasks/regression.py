@@ -82,6 +82,7 @@ class Regression(Task):
     """One number per example, in the units of the training targets."""
 
     name = "regression"
+    hf_problem_type = "regression"
     description = "regression: one number per example (standardised targets, MSE or Huber loss)"
     detect_priority = 20
     output_doc = ("one standardized value; times `std` plus `mean` from `task.json` it is the prediction in the "

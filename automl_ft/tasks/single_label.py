@@ -52,6 +52,7 @@ class SingleLabel(Task):
     """One class per example out of ``classes``."""
 
     name = "classification"
+    hf_problem_type = "single_label_classification"
     description = "single-label classification: one class per example (softmax, cross-entropy)"
     output_doc = ("one score per class, in `labels.json` order; their softmax is the class probabilities and the "
                   "highest is the label")
