@@ -181,19 +181,23 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                            int8=args.int8, argv=argv)
         return run_tune(opts)
     if args.command == "export":
-        from automl_ft.commands import run_export
+        from automl_ft.console import printer
+        from automl_ft.runs import export_run
 
-        return run_export(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, int8=args.int8,
-                          argv=argv)
+        export_run(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, int8=args.int8, argv=argv,
+                   say=printer())
+        return 0
     if args.command == "predict":
         from automl_ft.predict import run_predict
 
         return run_predict(args.model_dir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
                            provider=args.provider, threads=args.threads, int8=args.int8)
     if args.command == "report":
-        from automl_ft.commands import run_report
+        from automl_ft.commands import print_report
+        from automl_ft.runs import make_report
 
-        return run_report(args.run_dir, storage=args.storage, out=args.out)
+        print_report(*make_report(args.run_dir, storage=args.storage, out=args.out))
+        return 0
     if args.command == "bench":
         import importlib
 
