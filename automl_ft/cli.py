@@ -164,7 +164,7 @@ def _commands(parser: argparse.ArgumentParser) -> list[str]:
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "tune":
-        from automl_ft.tune import TuneOptions, run_tune
+        from automl_ft.tuning import TuneOptions, run_tune
 
         backbones = [b.strip() for b in args.backbones.split(",") if b.strip()] if args.backbones else None
         if args.backbones is not None and not backbones:

@@ -1,4 +1,4 @@
-"""``automl-ft tune``: labeled data in, a searched, fine-tuned, tested and exported model out.
+"""``automl-ft tune`` and ``automl_ft.tune()``: labeled data in, a searched, tested and exported model out.
 
 Steps: validate everything the user gave (run folder, data, search space, storage) before writing anything;
 record the study identity in RUN_DIR; open or resume the Optuna study; retry trials a dead or interrupted worker
