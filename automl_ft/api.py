@@ -149,6 +149,8 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
     outcome = run_search(opts, printer() if progress else silent, quiet=not progress)
     best, study, record = outcome.best, outcome.study, json.loads(outcome.run.run_file.read_text())
     metrics = outcome.metrics
+    if metrics is not None:  # as written, with what --int8 added after the export
+        metrics = json.loads((outcome.run.best / "metrics.json").read_text())
     return TuneResult(
         best_trial=best.number, config=dict(best.user_attrs.get("config", {})),
         val_metric=study.metric_names[0] if study.metric_names else "val_accuracy", val_score=float(best.values[0]),

@@ -216,6 +216,24 @@ def test_errors_raise_and_print_nothing(tmp_path, text_csv, tiny_text_space, cap
     assert capsys.readouterr() == ("", "")
 
 
+def test_int8_option_and_export_int8(tmp_path, text_csv, tiny_text_space, capsys):
+    """tune(int8=True) and `automl-ft export --int8` share quantize.add_int8: metrics.json gets its verdict."""
+    run = tmp_path / "run"
+    result = automl_ft.tune(text_csv, run, space=tiny_text_space, trials=1, int8=True)
+    assert capsys.readouterr() == ("", "")
+    verdict = result.metrics["int8"]
+    assert verdict["usable"] in (True, False) and (result.model_dir / "model.int8.onnx").is_file()
+    if verdict["usable"]:
+        assert automl_ft.load(result.model_dir, int8=True).predict(["goal match"], as_dicts=True)[0]["label"]
+    else:
+        with pytest.raises(UsageError, match="not usable"):
+            automl_ft.load(result.model_dir, int8=True)
+    assert main(["export", str(run), "--out", str(tmp_path / "again"), "--int8"]) == 0
+    err = capsys.readouterr().err
+    assert "Exported trial 0 to" in err and "INT8 (dynamic" in err
+    assert "int8" in json.loads((tmp_path / "again" / "metrics.json").read_text())
+
+
 def test_load_predict_never_imports_torch(tmp_path, text_csv, tiny_text_space):
     result = automl_ft.tune(text_csv, tmp_path / "run", space=tiny_text_space, trials=1)
     code = f"""
