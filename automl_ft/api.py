@@ -127,8 +127,12 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
         >>> result.test_metrics["accuracy"]  # doctest: +SKIP
         0.91
     """
+    import os
+
     from automl_ft.console import printer, silent
     from automl_ft.tuning import TuneOptions, run_search
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as the CLI: no fork warning from data loaders
 
     known = tune_option_names()
     unknown = sorted(set(options) - set(known))

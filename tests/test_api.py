@@ -156,6 +156,24 @@ pruner: {{type: none}}
     assert len(list((tmp_path / "run.data").glob("*.parquet"))) == 2  # the refused one's copy (content-named)
 
 
+def test_dataframe_copy_lives_beside_the_run_with_absolute_image_paths(tmp_path, monkeypatch):
+    """Where tune() keeps a DataFrame: OUT.data/<content hash>.parquet (outside OUT, which tune refuses to hold its
+    data), image paths made absolute from the current folder, one file per content."""
+    from automl_ft.api import _dataframe_source
+
+    monkeypatch.chdir(tmp_path)
+    df = pd.DataFrame({"image": ["imgs/a.png", "imgs/b.png"], "label": ["x", "y"]})
+    out = tmp_path / "runs" / "r"
+    path = _dataframe_source(df, out, {})
+    assert path.parent == tmp_path / "runs" / "r.data" and path.suffix == ".parquet" and not out.exists()
+    assert pd.read_parquet(path)["image"].tolist() == [str(tmp_path / "imgs/a.png"), str(tmp_path / "imgs/b.png")]
+    assert df["image"].tolist() == ["imgs/a.png", "imgs/b.png"]  # the caller's frame is not changed
+    assert _dataframe_source(df.copy(), out, {}) == path
+    assert _dataframe_source(df.iloc[:1], out, {}) != path
+    with pytest.raises(DataError, match="cannot be stored as Parquet"):
+        _dataframe_source(pd.DataFrame({"text": ["a", "b"], "label": [1, "x"]}), out, {})
+
+
 def test_image_model_predicts_paths_pil_images_and_arrays_like_the_cli(tmp_path, image_folder, tiny_image_space,
                                                                         capsys):
     from PIL import Image
