@@ -138,8 +138,7 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UsageError(f"tune() got unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    if "backbones" in options:
-        options["backbones"] = _backbone_list(options["backbones"])
+    options = _checked_options(options)
     if out is None or not str(out).strip():
         raise UsageError("tune() needs out, the run folder (e.g. 'runs/my-model')")
     out = Path(out).expanduser()
@@ -161,6 +160,41 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
         test_metrics=None if metrics is None else metrics.get("test"), metrics=metrics, model_dir=outcome.run.best,
         run_dir=outcome.run.path, task=str(record.get("task")), _study_name=study.study_name,
         _storage=options.get("storage"), _study=study)
+
+
+_INT_OPTIONS = ("trials", "seed", "latency_threads")
+_NUMBER_OPTIONS = ("timeout", "max_latency_ms")
+_BOOL_OPTIONS = ("trust_remote_code", "int8")
+
+
+def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's argparse types, for keyword options: a wrong type is a UsageError naming the option, not a
+    TypeError from deep inside the search."""
+    import math
+
+    out = {}
+    for name, value in options.items():
+        if value is None:
+            out[name] = None
+        elif name == "backbones":
+            out[name] = _backbone_list(value)
+        elif name in _BOOL_OPTIONS:
+            if not isinstance(value, bool):
+                raise UsageError(f"{name} must be True or False, got {value!r}")
+            out[name] = value
+        elif name in _INT_OPTIONS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"{name} must be an integer, got {value!r}")
+            out[name] = value
+        elif name in _NUMBER_OPTIONS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number, got {value!r}; leave it out for no limit")
+            out[name] = float(value)
+        else:
+            if not isinstance(value, (str, Path)):
+                raise UsageError(f"{name} must be a string, got {type(value).__name__}")
+            out[name] = str(value)
+    return out
 
 
 def _is_dataframe(data: Any) -> bool:

@@ -213,6 +213,12 @@ def test_errors_raise_and_print_nothing(tmp_path, text_csv, tiny_text_space, cap
         automl_ft.tune(text_csv, out, trials=0)
     with pytest.raises(UsageError, match="unknown option.*epochs"):
         automl_ft.tune(text_csv, out, epochs=3)
+    with pytest.raises(UsageError, match="trials must be an integer"):
+        automl_ft.tune(text_csv, out, trials="3")
+    with pytest.raises(UsageError, match="timeout must be a finite number"):
+        automl_ft.tune(text_csv, out, timeout=float("nan"))
+    with pytest.raises(UsageError, match="backbones is empty"):
+        automl_ft.tune(text_csv, out, backbones=" , ")
     with pytest.raises(UsageError, match="data must be a path"):
         automl_ft.tune(42, out)
     with pytest.raises(DataError, match="no rows"):
