@@ -123,7 +123,7 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
 
     Example::
 
-        >>> result = automl_ft.tune("reviews.csv", "runs/reviews", trials=8, backbones=["minilm"])  # doctest: +SKIP
+        >>> result = automl_ft.tune("reviews.csv", "runs/reviews", trials=8, backbones=["minilm-l6"])  # doctest: +SKIP
         >>> result.test_metrics["accuracy"]  # doctest: +SKIP
         0.91
     """
@@ -142,14 +142,18 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
     if out is None or not str(out).strip():
         raise UsageError("tune() needs out, the run folder (e.g. 'runs/my-model')")
     out = Path(out).expanduser()
-    source = _dataframe_source(data, out, options) if _is_dataframe(data) else data
-    if source is not None and not isinstance(source, (str, Path)):
+    if data is not None and not isinstance(data, (str, Path)) and not _is_dataframe(data):
         raise UsageError(f"tune() data must be a path, a pandas DataFrame or None (the demo), not "
                          f"{type(data).__name__}")
-    argv = _as_argv(source, out, options)
-    opts = TuneOptions(data=None if source is None else str(source), out=str(out), argv=argv,
-                       **options)  # validates like the CLI (UsageError)
-    outcome = run_search(opts, printer() if progress else silent, quiet=not progress)
+    opts = TuneOptions(data=None, out=str(out), **options)  # validates like the CLI, before anything is written
+    source, created = _dataframe_source(data, out, options) if _is_dataframe(data) else (data, False)
+    opts = dataclasses.replace(opts, data=None if source is None else str(source), argv=_as_argv(source, out, options))
+    try:
+        outcome = run_search(opts, printer() if progress else silent, quiet=not progress)
+    except BaseException:
+        if created and not _recorded(out, Path(source)):  # refused before the run recorded it: leave nothing
+            _remove_copy(Path(source))
+        raise
     best, study, record = outcome.best, outcome.study, json.loads(outcome.run.run_file.read_text())
     metrics = outcome.metrics
     if metrics is not None:  # as written, with what --int8 added after the export
@@ -209,8 +213,9 @@ def _backbone_list(value: Any) -> list[str]:
     return names
 
 
-def _dataframe_source(df: pd.DataFrame, out: Path, options: dict[str, Any]) -> Path:
-    """Write ``df`` to ``OUT.data/<hash>.parquet`` (once per content) and return that path.
+def _dataframe_source(df: pd.DataFrame, out: Path, options: dict[str, Any]) -> tuple[Path, bool]:
+    """Write ``df`` to ``OUT.data/<hash>.parquet`` (once per content); returns the path and whether this call
+    wrote it.
 
     The file lives beside the run folder: tune refuses DATA inside its run folder, and export and report reload
     the data from the recorded path later, so it must stay. Named by content, the same DataFrame resumes the same
@@ -236,14 +241,31 @@ def _dataframe_source(df: pd.DataFrame, out: Path, options: dict[str, Any]) -> P
     raw = buffer.getvalue()
     folder = out.resolve().parent / f"{out.resolve().name}{DATAFRAME_DIR_SUFFIX}"
     path = folder / f"{hashlib.sha256(raw).hexdigest()[:16]}.parquet"
-    if not path.is_file():
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"{folder} is a file; tune() keeps the DataFrame's copy there: move it away")
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(raw)
-        tmp.replace(path)
-    return path
+    if path.is_file():
+        return path, False
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file; tune() keeps the DataFrame's copy there: move it away")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(raw)
+    tmp.replace(path)
+    return path, True
+
+
+def _recorded(out: Path, path: Path) -> bool:
+    """Whether OUT's run.json names ``path`` as its data (then the copy must stay for export and report)."""
+    try:
+        return json.loads((out / "run.json").read_text()).get("data_source") == str(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove_copy(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()  # only when empty: other DataFrames' copies stay
+    except OSError:
+        pass
 
 
 def _as_argv(source: str | Path | None, out: Path, options: dict[str, Any]) -> list[str]:

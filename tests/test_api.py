@@ -153,7 +153,7 @@ pruner: {{type: none}}
     assert automl_ft.tune(df.copy(), run, space=space, trials=1).best_trial == result.best_trial
     with pytest.raises(UsageError, match="holds another study"):
         automl_ft.tune(df.iloc[:60], run, space=space, trials=1)
-    assert len(list((tmp_path / "run.data").glob("*.parquet"))) == 2  # the refused one's copy (content-named)
+    assert list((tmp_path / "run.data").glob("*.parquet")) == copies  # the refused one's copy is removed
 
 
 def test_dataframe_copy_lives_beside_the_run_with_absolute_image_paths(tmp_path, monkeypatch):
@@ -164,12 +164,12 @@ def test_dataframe_copy_lives_beside_the_run_with_absolute_image_paths(tmp_path,
     monkeypatch.chdir(tmp_path)
     df = pd.DataFrame({"image": ["imgs/a.png", "imgs/b.png"], "label": ["x", "y"]})
     out = tmp_path / "runs" / "r"
-    path = _dataframe_source(df, out, {})
-    assert path.parent == tmp_path / "runs" / "r.data" and path.suffix == ".parquet" and not out.exists()
+    path, created = _dataframe_source(df, out, {})
+    assert created and path.parent == tmp_path / "runs" / "r.data" and path.suffix == ".parquet" and not out.exists()
     assert pd.read_parquet(path)["image"].tolist() == [str(tmp_path / "imgs/a.png"), str(tmp_path / "imgs/b.png")]
     assert df["image"].tolist() == ["imgs/a.png", "imgs/b.png"]  # the caller's frame is not changed
-    assert _dataframe_source(df.copy(), out, {}) == path
-    assert _dataframe_source(df.iloc[:1], out, {}) != path
+    assert _dataframe_source(df.copy(), out, {}) == (path, False)
+    assert _dataframe_source(df.iloc[:1], out, {})[0] != path
     with pytest.raises(DataError, match="cannot be stored as Parquet"):
         _dataframe_source(pd.DataFrame({"text": ["a", "b"], "label": [1, "x"]}), out, {})
 
@@ -223,6 +223,12 @@ def test_errors_raise_and_print_nothing(tmp_path, text_csv, tiny_text_space, cap
         automl_ft.tune(42, out)
     with pytest.raises(DataError, match="no rows"):
         automl_ft.tune(pd.DataFrame({"text": [], "label": []}), out)
+    one_class = pd.DataFrame({"text": [f"t{i}" for i in range(30)], "label": ["a"] * 30})
+    with pytest.raises(UsageError):  # a bad option with a DataFrame: refused before its copy is written
+        automl_ft.tune(one_class, out, trials=0)
+    with pytest.raises(DataError):  # refused by the data checks: the copy is removed again
+        automl_ft.tune(one_class, out)
+    assert not (tmp_path / "run.data").exists()
     with pytest.raises(ModelDirError):
         automl_ft.load(tmp_path)
     assert not out.exists() and capsys.readouterr() == ("", "")
