@@ -1,8 +1,8 @@
 """The ``automl-ft`` command line: tune, export, predict, report, bench.
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 1 a search that left no model
-or an unexpected error, 130 Ctrl-C. The work is in the Python API's modules (api, tuning, runs, predict); this one parses
-the arguments, calls them and prints.
+or an unexpected error, 130 Ctrl-C. The work is in the Python API's modules (api, tuning, runs, predict); this
+one parses the arguments, calls them and prints.
 Heavy packages are imported by the sub-commands that need them, so ``--help`` and ``predict`` start fast.
 """
 
