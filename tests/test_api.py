@@ -306,3 +306,28 @@ def test_readme_example_runs(tmp_path, tiny_text_space, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "val_accuracy" in out and "accuracy" in out  # what the example prints
 
+
+
+def _imports(path: Path) -> set[str]:
+    """automl_ft modules a file imports anywhere (top level or inside functions)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("automl_ft"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("automl_ft"))
+    return out
+
+
+def test_the_cli_layer_is_imported_by_nobody_and_tuning_does_not_import_back():
+    """commands.py (the CLI's printing) is used by cli.py alone, and the engine's run modules form no circle:
+    runs.py and quantize.py never import tuning.py (which imports them)."""
+    package = ROOT / "automl_ft"
+    for path in package.rglob("*.py"):
+        if path.name != "cli.py":
+            assert "automl_ft.commands" not in _imports(path), path
+    for name in ("runs.py", "quantize.py", "console.py", "export.py", "predict.py"):
+        assert not {m for m in _imports(package / name) if m.startswith(("automl_ft.tuning", "automl_ft.api"))}, name
