@@ -1,6 +1,8 @@
 """The ``automl-ft`` command line: tune, export, predict, report, bench.
 
-Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 1 unexpected error, 130 Ctrl-C.
+Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 1 a search that left no model
+or an unexpected error, 130 Ctrl-C. The work is in the Python API's modules (api, tuning, runs, predict); this
+one parses the arguments, calls them and prints.
 Heavy packages are imported by the sub-commands that need them, so ``--help`` and ``predict`` start fast.
 """
 
@@ -195,7 +197,7 @@ def _commands(parser: argparse.ArgumentParser) -> list[str]:
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "tune":
-        from automl_ft.tune import TuneOptions, run_tune
+        from automl_ft.tuning import TuneOptions, run_tune
 
         backbones = [b.strip() for b in args.backbones.split(",") if b.strip()] if args.backbones else None
         if args.backbones is not None and not backbones:
@@ -212,10 +214,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                            int8=args.int8, argv=argv)
         return run_tune(opts)
     if args.command == "export":
-        from automl_ft.commands import run_export
+        from automl_ft.console import printer
+        from automl_ft.runs import export_run
 
-        return run_export(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, int8=args.int8,
-                          argv=argv, format=args.format)
+        export_run(args.run_dir, trial=args.trial, out=args.out, storage=args.storage, int8=args.int8, argv=argv,
+                   format=args.format, say=printer())
+        return 0
     if args.command == "predict":
         from automl_ft.predict import run_predict
 
@@ -235,9 +239,11 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"Pushed {len(done['files'])} files to {done['url']} (commit {done['commit']}).")
         return 0
     if args.command == "report":
-        from automl_ft.commands import run_report
+        from automl_ft.commands import print_report
+        from automl_ft.runs import make_report
 
-        return run_report(args.run_dir, storage=args.storage, out=args.out)
+        print_report(*make_report(args.run_dir, storage=args.storage, out=args.out))
+        return 0
     if args.command == "bench":
         import importlib
 

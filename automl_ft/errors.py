@@ -40,3 +40,10 @@ class ModelDirError(AutomlError):
 
 class KernelUnavailableError(AutomlError):
     """A kernel backend was requested explicitly where it cannot run (e.g. Triton on a CPU without the interpreter)."""
+
+
+class SearchFailedError(AutomlError):
+    """The search ran but left no model to export (every trial failed, or none meets --max-latency-ms); the
+    message says why and what to change. CLI exit code 1: the command itself was valid."""
+
+    exit_code = 1

@@ -252,10 +252,24 @@ def iter_items(predictor: Predictor, inputs: list[str], stdin: TextIO) -> Iterat
 
 
 def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
-    from automl_ft.data.tables import check_plain, match_column, read_table
+    from automl_ft.data.tables import read_table
 
     original: dict[str, Any] = {}
     df = read_table(path, original)  # cells as strings; JSONL/Parquet cells as read (a list of labels stays one)
+    yield from frame_items(df, original.get("frame"), record, name=str(path), base=path.parent)
+
+
+def frame_items(df: Any, frame: Any, record: dict[str, Any], *, name: str, base: Path) -> Iterator[Item]:
+    """Items from a table read as strings (``df``), with ``frame`` the same rows as read (list and number cells
+    kept; None for CSV/TSV): the input column and the label column (if any) chosen by the rule tune used.
+
+    Args:
+        name: what messages and the ``source`` field call the table.
+        base: the folder relative image paths resolve against (the table's folder, as in tune).
+    """
+    from automl_ft.data.tables import check_plain, match_column
+
+    path = Path(name)
     cols = list(df.columns)
 
     def find(trained: str | None, default: str) -> str | None:  # the rule tune used to pick the columns
@@ -272,7 +286,6 @@ def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
                             f"{', '.join(cols[:10])}); name the column like the training data")
     check_plain(df, path, input_col)
     label_col = find(record.get("label_column"), "label")
-    frame = original.get("frame")
     labels = ((frame[label_col] if frame is not None and label_col in frame else df[label_col]).tolist()
               if label_col else [None] * len(df))
     for i, (value, label) in enumerate(zip(df[input_col].tolist(), labels)):
@@ -282,11 +295,11 @@ def _table_items(path: Path, record: dict[str, Any]) -> Iterator[Item]:
         true = None if label is None else (label if isinstance(label, (list, tuple, int, float)) else
                                            str(label).strip())
         if image:  # image paths in a table are relative to the table's folder, as in tune
-            item = Item(i, path.parent / value, source=str(path), true_label=true)
+            item = Item(i, base / value, source=name, true_label=true)
             if not value or not item.payload.is_file():
                 item.error = f"no image file {value!r}"
         else:
-            item = Item(i, value, source=str(path), true_label=true)
+            item = Item(i, value, source=name, true_label=true)
             if not item.payload:
                 item.error = "empty text"
         yield item
@@ -381,10 +394,16 @@ class Scorer:
             self.logits.append(logits)
             self.labels.append(label)
 
-    def summary(self) -> str:
+    def metrics(self) -> dict[str, Any] | None:
+        """The task's metrics over the scored inputs (None when no input had a usable true label)."""
         if not self.labels:
+            return None
+        return self.task.metrics(np.stack(self.logits), self.labels)
+
+    def summary(self) -> str:
+        metrics = self.metrics()
+        if metrics is None:
             return ""
-        metrics = self.task.metrics(np.stack(self.logits), self.labels)
         return f"{self.task.describe(metrics)} on {len(self.labels)} labelled inputs"
 
 

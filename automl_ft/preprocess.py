@@ -36,9 +36,12 @@ class ImagePreprocess:
     interpolation: str = "bicubic"
     kind: str = "image"
 
-    def load(self, path: str | Path) -> np.ndarray:
+    def load(self, path: str | Path | Any) -> np.ndarray:
+        """An image file (or an already opened PIL image, as the Python API passes) -> :meth:`apply`'s array."""
         from PIL import Image
 
+        if isinstance(path, Image.Image):
+            return self.apply(path)
         with Image.open(path) as im:
             return self.apply(im)
 

@@ -226,6 +226,19 @@ def quantize_model(model_dir: Path, data: LabeledData, *, max_loss_points: float
     return result
 
 
+def add_int8(model_dir: Path, data: LabeledData, say) -> dict[str, Any]:
+    """Quantize an exported model and ``say`` whether the INT8 model is usable (and why not); returns the result
+    :func:`quantize_model` merged into metrics.json (tune --int8 and export --int8 share it)."""
+    say("Quantizing to INT8 and checking its test metric ...")
+    q = quantize_model(model_dir, data)
+    verdict = "usable" if q.get("usable") else f"NOT usable: {q.get('reason')}"
+    metric = q.get("metric", "accuracy")
+    say(f"INT8 ({q.get('method')}): test {metric} {format_metric(metric, q['test_score'])} against "
+        f"{format_metric(metric, q['fp32_test_score'])} in fp32; {verdict}." if q.get("test_score") is not None
+        else f"INT8: {verdict}.")
+    return q
+
+
 def _unfused_text_graph(model_dir: Path) -> Path | None:
     """For BERT-family exports with PyTorch weights: the unfused graph, which dynamic INT8 runs faster than the
     fused one (its Attention op quantizes to a slower QAttention); None when the model cannot be re-exported."""
@@ -304,6 +317,7 @@ def _quiet() -> Iterator[None]:
 __all__ = [
     "CALIBRATION_LIMIT",
     "INT8_FILE",
+    "add_int8",
     "calibration_batches",
     "card_section",
     "quantize_dynamic_onnx",

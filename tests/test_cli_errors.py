@@ -65,7 +65,7 @@ def fake_run(run: Path, data: Path, *, seed: int = 0, space_fingerprint: str | N
     """A run folder as tune leaves it for ``data`` (identity computed as tune computes it; no trials yet)."""
     from automl_ft.data import load_dataset
     from automl_ft.search.space import load_space
-    from automl_ft.tune import default_study_name
+    from automl_ft.tuning import default_study_name
 
     d = load_dataset(data, seed=seed)
     space = load_space(None, d.task)

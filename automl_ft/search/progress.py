@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 class SearchProgress:
     """Training callbacks (``on_epoch_start`` / ``on_step`` / ``on_epoch_end``) plus an Optuna trial callback."""
 
-    def __init__(self, study: optuna.Study, n_trials: int, *, live: bool | None = None, title: str = ""):
+    def __init__(self, study: optuna.Study, n_trials: int, *, live: bool | None = None, title: str = "",
+                 quiet: bool = False):
+        """``quiet``: show nothing (the Python API without ``progress=True``); the callbacks still run."""
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, quiet=quiet)
         if not self.console.is_terminal:  # logs: wide enough that the leaderboard does not wrap every cell
-            self.console = Console(stderr=True, width=160)
-        self.live_enabled = self.console.is_terminal if live is None else live
+            self.console = Console(stderr=True, width=160, quiet=quiet)
+        self.live_enabled = False if quiet else self.console.is_terminal if live is None else live
         self.study = study
         self.n_trials = n_trials
         self.title = title

@@ -257,6 +257,16 @@ class Task(abc.ABC):
     def calibrate(self, val_logits: np.ndarray, val_labels: list) -> None:
         """Tune decision parameters on validation (multilabel thresholds); a no-op for most tasks."""
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Per-class probabilities ``[n, len(classes)]`` of ``logits`` (the Python API's ``predict_proba``).
+
+        Raises:
+            UsageError: the task predicts values, not classes (regression).
+        """
+        from automl_ft.errors import UsageError
+
+        raise UsageError(f"a {self.name} model predicts values, not class probabilities; use predict()")
+
     @abc.abstractmethod
     def decode(self, logits: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
         """predict's fields per input row of ``logits``."""

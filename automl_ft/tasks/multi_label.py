@@ -283,6 +283,10 @@ class MultiLabel(Task):
         self.thresholds = thresholds
         self.calibrated = True
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Each label's own sigmoid probability (a label is predicted where it reaches its threshold)."""
+        return self.predictions(logits)[0]
+
     def decode(self, logits: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
         """``{"labels": [predicted labels, most probable first], "scores": {label: probability}}`` per row
         (probabilities rounded to 6 decimals, as predict prints); ``top_k`` keeps the k most probable in

@@ -200,6 +200,10 @@ class SingleLabel(Task):
         y = np.asarray(val_labels, dtype=np.int64)
         return float(classification_metrics(y, np.full_like(y, majority), self.head_size)[self.primary_metric])
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The softmax over the classes (what ``score`` reports for the top one)."""
+        return softmax(np.asarray(logits))
+
     def decode(self, logits: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
         """``{"label", "score"}`` per row (probability rounded to 6 decimals, as predict prints), plus ``top_k``
         (the k most probable, best first) when ``top_k > 1``."""

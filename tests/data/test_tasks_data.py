@@ -359,11 +359,11 @@ def test_classification_is_byte_identical_on_shared_sms(shared_dir):
 
 
 def test_cli_passes_image_column_and_label_sep(tmp_path, monkeypatch):
-    from automl_ft import tune
+    from automl_ft import tuning
     from automl_ft.cli import build_parser, main
 
     seen = {}
-    monkeypatch.setattr(tune, "run_tune", lambda opts: seen.setdefault("opts", opts) and 0)
+    monkeypatch.setattr(tuning, "run_tune", lambda opts: seen.setdefault("opts", opts) and 0)
     assert main(["tune", "t.csv", "--out", str(tmp_path / "r"), "--task", "image-multilabel", "--image-column",
                  "file", "--label-sep", ";"]) == 0
     opts = seen["opts"]

@@ -1,4 +1,4 @@
-"""``automl-ft tune``: labeled data in, a searched, fine-tuned, tested and exported model out.
+"""``automl-ft tune`` and ``automl_ft.tune()``: labeled data in, a searched, tested and exported model out.
 
 Steps: validate everything the user gave (run folder, data, search space, storage) before writing anything;
 record the study identity in RUN_DIR; open or resume the Optuna study; retry trials a dead or interrupted worker
@@ -8,7 +8,6 @@ export it to ONNX with its model card.
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import time
@@ -17,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from automl_ft.errors import UsageError
-from automl_ft.rundir import METRICS_FILE, ONNX_FILE, RunDir, format_command, make_dir, write_json
+from automl_ft.console import Say, printer, quiet_libraries
+from automl_ft.errors import SearchFailedError, UsageError
+from automl_ft.rundir import RunDir, format_command, make_dir, write_json
 
 
 @dataclass
@@ -118,21 +118,40 @@ def check_data_placement(run: RunDir, data: Path) -> None:
                          "another --out")
 
 
-def quiet_libraries() -> None:
-    import optuna
+@dataclass
+class SearchOutcome:
+    """What :func:`run_search` left: the run folder, its study, the best trial and, when this process exported it (or
+    found it exported), metrics.json's content; ``metrics`` is None when another worker exports it."""
 
-    # Optuna logs every failed trial with a traceback at WARNING; ours records the reason in the leaderboard.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
-    logging.getLogger("timm").setLevel(logging.WARNING)
+    run: RunDir
+    study: Any
+    best: Any
+    metrics: dict[str, Any] | None
+    int8: dict[str, Any] | None = None
 
 
 def run_tune(opts: TuneOptions) -> int:
+    """``automl-ft tune``: :func:`run_search` with its messages printed to stderr; the exit code (errors raise)."""
+    run_search(opts, printer())
+    return 0
+
+
+def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOutcome:
+    """Validate, search, test and export (see the module docstring); every message goes to ``say``.
+
+    Args:
+        quiet: no live progress view or leaderboard either (the Python API without ``progress=True``).
+
+    Raises:
+        AutomlError: a bad option, data, space or storage (nothing written); :class:`SearchFailedError` when no
+            trial gives a model to export. KeyboardInterrupt after saying how to resume.
+    """
     import optuna
 
     from automl_ft.data import IMAGE, load_dataset
     from automl_ft.data.demo import DEMO_NAME, write_digits
+    from automl_ft.metrics import format_metric
+    from automl_ft.runs import export_best, exported_metrics
     from automl_ft.search.artifacts import TrialArtifacts, check_artifacts_option, make_artifact_store
     from automl_ft.search.objective import Objective, TrialFailed
     from automl_ft.search.progress import SearchProgress
@@ -151,7 +170,6 @@ def run_tune(opts: TuneOptions) -> int:
         recover_interrupted,
         worker_identity,
     )
-    from automl_ft.metrics import format_metric
     from automl_ft.tasks import FULL_TASKS
     from automl_ft.train import Caches
 
@@ -159,7 +177,6 @@ def run_tune(opts: TuneOptions) -> int:
     quiet_libraries()
     run = RunDir(opts.out)
     demo = opts.data is None
-    say = _printer()
 
     # 1. Every argument is checked before anything is written: a refused command leaves no file behind (a failed
     # demo used to leave demo-data/ and then refuse the corrected command as "not a run folder").
@@ -269,7 +286,8 @@ def run_tune(opts: TuneOptions) -> int:
     caches = Caches()
     timed_out = False
     if remaining:
-        progress = SearchProgress(study, opts.trials, live=opts.live, title=f"automl-ft tune {run.path.name}")
+        progress = SearchProgress(study, opts.trials, live=False if quiet else opts.live, quiet=quiet,
+                                  title=f"automl-ft tune {run.path.name}")
         objective = Objective(space, data, trial_dir=run.trial_dir, device=device, seed=opts.seed,
                               progress=progress, caches=caches, deadline=deadline, artifacts=artifacts,
                               multi_objective=opts.multi_objective,
@@ -291,7 +309,7 @@ def run_tune(opts: TuneOptions) -> int:
             say(f"\nInterrupted: {count_done(study)} of {opts.trials} trials done; the interrupted trial is recorded "
                 "and resumes from its last finished epoch when you run the same command again:\n  "
                 f"{record['commands'][-1]}")
-            return 130
+            raise
         timed_out = deadline is not None and time.time() >= deadline
         if not progress.live_enabled:
             progress.print_leaderboard()
@@ -301,39 +319,41 @@ def run_tune(opts: TuneOptions) -> int:
         if opts.max_latency_ms is not None and best_trial(study) is not None:
             timed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("latency_ms") is not None]
             fastest = min(timed, key=lambda t: t.user_attrs["latency_ms"])
-            say(f"No trial meets --max-latency-ms {opts.max_latency_ms:g}: the fastest, trial {fastest.number}, takes "
+            raise SearchFailedError(
+                f"No trial meets --max-latency-ms {opts.max_latency_ms:g}: the fastest, trial {fastest.number}, takes "
                 f"{fastest.user_attrs['latency_ms']:.2f} ms. Raise the limit, or search smaller backbones, input "
                 "sizes or sequence lengths; nothing was exported.")
-            return 1
-        say("No trial completed: see the failure reasons in the leaderboard above; fix them and run the same command "
-            "again.")
-        return 1
+        reasons = sorted({str(why).splitlines()[0] for t in study.get_trials(deepcopy=False)
+                          if (why := t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason"))})
+        raise SearchFailedError(
+            "No trial completed (" + ("; ".join(reasons[:3]) if reasons else "see the leaderboard") + "); fix the "
+            "cause and run the same command again.")
     done = count_done(study)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     if done < opts.trials and not timed_out and running:
         say(f"The study has {done} of {opts.trials} trials and {len(running)} running on other workers; the worker "
             "that completes it exports the best model (or run automl-ft export later).")
-        return 0
-    summary = _exported_metrics(run.best, study.study_name, best.number)
+        return SearchOutcome(run, study, best, None)
+    summary = exported_metrics(run.best, study.study_name, best.number)
+    q = None
     if summary is not None:
         say(f"The best trial ({best.number}) is already exported in {run.best}.")
     elif claim_export(storage, study, best.number, worker_identity()) or claim_abandoned(study, best.number):
         local = run.trial_dir(best.number)
         if not (local / "model.safetensors").is_file() and not artifacts.fetch_result(best, local):
-            say(f"Trial {best.number}'s checkpoint is neither here nor in the artifact store ({store_desc}); "
-                "run automl-ft export on the machine that trained it.")
-            return 1
+            raise SearchFailedError(f"Trial {best.number}'s checkpoint is neither here nor in the artifact store "
+                                    f"({store_desc}); run automl-ft export on the machine that trained it.")
         summary = export_best(run, study, best, data, caches=caches, record=record, url=url, space=space,
                               started=started, say=say)
         if opts.int8:
-            from automl_ft.commands import add_int8
+            from automl_ft.quantize import add_int8
 
-            add_int8(run.best, data, say)
+            q = add_int8(run.best, data, say)
     else:
         claim = study.user_attrs.get(f"export:{best.number}", {})
         say(f"The best trial ({best.number}) was claimed for export by another worker ({claim.get('host')}, pid "
             f"{claim.get('pid')}); run 'automl-ft export {run.path}' to export it here too.")
-        return 0
+        return SearchOutcome(run, study, best, None)
     test = summary["test"]
     latency = best.user_attrs.get("latency_ms")
     say(f"\nBest: trial {best.number}, validation {task.primary_metric} "
@@ -343,7 +363,7 @@ def run_tune(opts: TuneOptions) -> int:
         f"{summary['onnx']['max_abs_logit_diff']:.2g}, prediction agreement "
         f"{100 * summary['onnx']['prediction_agreement']:.2f}%.\nModel: {run.best}  (card: {run.best / 'model_card.md'})"
         f"\nPredict: automl-ft predict {run.best} INPUT...\nTotal time: {(time.time() - started) / 60:.1f} min.")
-    return 0
+    return SearchOutcome(run, study, best, summary, q)
 
 
 def adopt_stale_trials(study: Any, n_trials: int, say) -> int:
@@ -378,76 +398,6 @@ def adopt_stale_trials(study: Any, n_trials: int, say) -> int:
         time.sleep(min(HEARTBEAT_INTERVAL, max(0.5, end - time.time())))
 
 
-def search_summary(study: Any, best: Any, url: str, space: Any, started: float | None) -> dict[str, Any]:
-    from collections import Counter
-
-    from automl_ft.search.storage import redact_url
-
-    counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
-    sampler = type(study.sampler).__name__
-    pruner = type(study.pruner).__name__
-    return {
-        "study": study.study_name,
-        "storage": redact_url(url),
-        "sampler": f"{sampler} ({', '.join(f'{k}={v}' for k, v in space.sampler.items())})" if space else sampler,
-        "pruner": f"{pruner} ({', '.join(f'{k}={v}' for k, v in space.pruner.items())})" if space else pruner,
-        "counts": dict(counts),
-        "best_trial": best.number,
-        "best_value": best.values[0],
-        "best_latency_ms": best.user_attrs.get("latency_ms"),
-        "objectives": list(study.metric_names or ["val_accuracy"]),
-        "direction": study.directions[0].name.lower(),
-        "metric": study.metric_names[0] if study.metric_names else "val_accuracy",
-        "pareto_front": [{"trial": t.number, "val_score": t.values[0], "latency_ms": t.values[1]}
-                         for t in sorted(study.best_trials, key=lambda t: t.values[1])]
-        if len(study.directions) > 1 else None,
-        "best_epoch": best.user_attrs.get("best_epoch"),
-        "minutes": ((time.time() - started) / 60.0) if started else sum(
-            (t.user_attrs.get("seconds") or 0) for t in study.get_trials(deepcopy=False)) / 60.0,
-        "space_file": space.file if space else None,
-    }
-
-
-def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, record: dict[str, Any], url: str,
-                space: Any, started: float | None, say, out_dir: Path | None = None) -> dict[str, Any]:
-    """Export ``best`` into ``out_dir`` (default RUN_DIR/best) with its model card; returns metrics.json's content."""
-    from automl_ft.card import write_model_card
-    from automl_ft.export import export_trial
-    from automl_ft.search.leaderboard import leaderboard, markdown_table, study_metric
-
-    out_dir = out_dir or run.best
-    trial_dir = run.trial_dir(best.number)
-    if not (trial_dir / "model.safetensors").is_file():
-        raise UsageError(f"trial {best.number} has no checkpoint in {trial_dir}; run export on the machine that "
-                         "trained it or with --artifacts")
-    search = search_summary(study, best, record.get("storage") or url, space, started)
-    say(f"Evaluating trial {best.number} on the test split and exporting to ONNX ...")
-
-    def card(directory: Path, metrics: dict[str, Any]) -> None:
-        write_model_card(directory, metrics=metrics, config=best.user_attrs.get("config", {}),
-                         data_summary=data.summary, search=search, commands=record.get("commands", []),
-                         task=data.fitted_task(),
-                         leaderboard_md=markdown_table(leaderboard(study, limit=20), metric=study_metric(study)))
-
-    return export_trial(trial_dir, out_dir, data, caches=caches, card_writer=card,
-                        extra_metrics={"run": run.run_id(record), "trial": best.number, "study": study.study_name,
-                                       "val_score": best.values[0], "val_metric": search["metric"],
-                                       "latency": best.user_attrs.get("latency")})
-
-
-def _exported_metrics(best_dir: Path, study_name: str, trial: int) -> dict[str, Any] | None:
-    """metrics.json of an existing export of this very trial, or None (then it must be exported)."""
-    import json
-
-    try:
-        metrics = json.loads((best_dir / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if metrics.get("study") == study_name and metrics.get("trial") == trial and (best_dir / ONNX_FILE).is_file():
-        return metrics
-    return None
-
-
 def _undo(folder: Path, before: set[Path], made: bool) -> None:
     """Remove what a failed tune created in ``folder`` (the folder too, if it made it); nothing else is touched."""
     if not folder.is_dir():
@@ -462,14 +412,3 @@ def _undo(folder: Path, before: set[Path], made: bool) -> None:
             folder.rmdir()
         except OSError:
             pass
-
-
-def _printer():
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False)
-
-    def say(text: str) -> None:
-        console.print(text, markup=False, soft_wrap=True)  # logs keep whole lines: no wrapping at 80 columns
-
-    return say
