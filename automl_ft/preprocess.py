@@ -60,6 +60,44 @@ class ImagePreprocess:
     def batch(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return {"pixel_values": np.stack(images).astype(np.float32)}
 
+    def apply_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A class-index mask ``[H, W]`` -> int64 ``[size, size]`` by the same resize and center crop as
+        :meth:`apply`, with nearest-neighbour resampling (an interpolated class index is no class)."""
+        from PIL import Image
+
+        im = Image.fromarray(np.asarray(mask, dtype=np.uint8))
+        w, h = im.size
+        scale = self.resize / min(w, h)
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        im = im.resize((nw, nh), resample=Image.Resampling.NEAREST)
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        im = im.crop((left, top, left + self.size, top + self.size))
+        return np.asarray(im, dtype=np.int64)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A segmentation mask file as uint8 class indices ``[H, W]``: a single-channel PNG of indices (mode L) or a
+    palette PNG (mode P, whose pixel values are the indices); an RGB image whose three channels agree is read as
+    one channel.
+
+    Raises:
+        ValueError: a colour image (channels differ: colours, not indices) or indices above 255.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("L", "P"):
+            return np.asarray(im, dtype=np.uint8).copy()
+        if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+            arr = np.asarray(im)
+            if arr.size and int(arr.max()) > 255:
+                raise ValueError(f"indices up to {int(arr.max())}; class indices must be 0-254 (255 = ignore)")
+            return arr.astype(np.uint8)
+        arr = np.asarray(im.convert("RGB"))
+    if not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()):
+        raise ValueError("a colour image, not a mask of class indices; save masks as single-channel or palette PNG")
+    return arr[..., 0].copy()
+
 
 class TextPreprocess:
     """A Hugging Face ``tokenizers.Tokenizer`` with truncation to ``max_length`` and dynamic padding."""
