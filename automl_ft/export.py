@@ -123,7 +123,9 @@ def export_onnx(model: torch.nn.Module, config: TrialConfig, path: Path) -> str:
     modality = get_modality(config.modality)
     args, shapes, axes = modality.onnx_example(config)
     names = list(modality.input_names)
-    axes = {**axes, "logits": {0: "batch"}}
+    # the logits keep the input's symbolic axes: batch, and height/width for dense models
+    spatial = {k: v for k, v in axes.get(names[0], {}).items() if v in ("height", "width")}
+    axes = {**axes, "logits": {0: "batch", **spatial}}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
@@ -149,7 +151,7 @@ def onnx_logits(session: Any, batches) -> np.ndarray:
         feeds = {k: v.numpy() for k, v in inputs.items()}
         logits = session.run(["logits"], feeds)[0]
         if out is None:
-            out = np.zeros((len(batches.targets), logits.shape[1]), dtype=np.float32)
+            out = np.zeros((len(batches.targets), *logits.shape[1:]), dtype=np.float32)
         out[idx] = logits
     assert out is not None
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,13 @@ class ImagePreprocess:
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         im = im.crop((left, top, left + self.size, top + self.size))
         return np.asarray(im, dtype=np.int64)
+
+
+@lru_cache(maxsize=4096)
+def read_mask(path: str) -> np.ndarray:
+    """:func:`load_mask`, cached per process (a small data set's masks are decoded once, not every epoch); callers
+    must not modify the array."""
+    return load_mask(path)
 
 
 def load_mask(path: str | Path) -> np.ndarray:

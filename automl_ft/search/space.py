@@ -558,6 +558,10 @@ def count_blocks(name: str, options: dict[str, Any] | None = None) -> int:
     from automl_ft.backbones import _REGISTRY, _timm_parts, resolve_name
 
     r = resolve_name(name)
+    if r.kind == "dense":
+        from automl_ft.segmentation_models import count_stages
+
+        return count_stages(r.target)
     if r.kind == "registry" and _REGISTRY[r.target].num_blocks is not None:
         return int(_REGISTRY[r.target].num_blocks)
     if r.kind == "timm":

@@ -15,7 +15,6 @@ mIoU (primary: what the pruner watches), per-class IoU and Dice, pixel accuracy 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -28,16 +27,11 @@ from .base import ParsedLabels, Task, format_rows, is_missing_cell, logsumexp, n
 IGNORE_INDEX = 255
 # (kind, weight of Dice); the rest of the weight is cross-entropy. The first is the default.
 LOSSES = {"dice:0.5": 0.5, "ce": 0.0, "dice:0.25": 0.25, "dice:0.75": 0.75}
-# Masks kept decoded per process (paths -> uint8 arrays): a small data set's masks are read once, not per epoch.
-MASK_CACHE = 4096
-
-
-@lru_cache(maxsize=MASK_CACHE)
 def read_mask(path: str) -> np.ndarray:
-    """The mask at ``path`` as uint8 class indices (cached; callers must not modify the array)."""
-    from automl_ft.preprocess import load_mask
+    """The mask at ``path`` as uint8 class indices (decoded once per process; callers must not modify it)."""
+    from automl_ft.preprocess import read_mask as cached
 
-    return load_mask(path)
+    return cached(str(path))
 
 
 def mask_at(path: str, size: int) -> np.ndarray:
