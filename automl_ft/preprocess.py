@@ -61,6 +61,22 @@ class ImagePreprocess:
     def batch(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return {"pixel_values": np.stack(images).astype(np.float32)}
 
+    def load_whole(self, path: str | Path, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The whole image (no crop) for a fully convolutional model: the shorter side resized to ``resize`` and
+        both sides rounded to a multiple of ``multiple``, normalized; returns the array ``[3, H, W]`` and the
+        original ``(width, height)`` (what the predicted mask is resized back to)."""
+        from PIL import Image
+
+        with Image.open(path) as f:
+            im = f.convert("RGB")
+        w, h = im.size
+        scale = self.resize / min(w, h)
+        nw, nh = (max(multiple, round(v * scale / multiple) * multiple) for v in (w, h))
+        im = im.resize((nw, nh), resample=Image.Resampling(_RESAMPLE[self.interpolation]))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1)), (w, h)
+
     def apply_mask(self, mask: np.ndarray) -> np.ndarray:
         """A class-index mask ``[H, W]`` -> int64 ``[size, size]`` by the same resize and center crop as
         :meth:`apply`, with nearest-neighbour resampling (an interpolated class index is no class)."""
