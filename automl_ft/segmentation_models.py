@@ -1,9 +1,9 @@
 """The segmentation model family: segmentation-models-pytorch decoders on timm encoders.
 
 A segmentation backbone is named ``<decoder>:<encoder>``: ``unet:efficientnet-lite0``,
-``deeplabv3plus:timm:resnet18``, ``fpn:test_efficientnet``. The encoder is any timm model (``timm:`` optional) or the
-offline ``efficientnet-lite0`` (its ImageNet weights load into smp's timm universal encoder, ``tu-tf_efficientnet_lite0``,
-through the same name mapping as the classifier's). Decoders (:data:`DECODERS`): smp's U-Net, FPN and DeepLabV3+,
+``deeplabv3plus:timm:resnet18``, ``fpn:test_efficientnet``. The encoder is any timm model (``timm:`` optional) or
+the offline ``efficientnet-lite0`` (its ImageNet weights load into smp's timm universal encoder,
+``tu-tf_efficientnet_lite0``, through the same name mapping as the classifier's). Decoders (:data:`DECODERS`): smp's U-Net, FPN and DeepLabV3+,
 and ``linear``, a 1x1 conv on the deepest feature map upsampled to the input: with every encoder stage frozen it is
 the frozen-feature baseline the searched models are measured against.
 

@@ -261,8 +261,9 @@ def run_tune(opts: TuneOptions) -> int:
         f"train/val/test; primary metric: validation {task.primary_metric} ({task.direction}).")
     if opts.task == "auto" and data.summary.get("task_reason"):
         # a layout of masks is read by the segmentation task only: there is nothing to switch to
-        others = [] if task.spatial_targets else [t for t in FULL_TASKS if t.startswith(f"{data.modality}-")
-                                                  and t != data.task and not get_task(t.partition("-")[2]).spatial_targets]
+        others = [] if task.spatial_targets else [
+            t for t in FULL_TASKS if t.startswith(f"{data.modality}-") and t != data.task
+            and not get_task(t.partition("-")[2]).spatial_targets]
         say(f"Task {data.task} ({data.summary['task_reason']})" + (
             f"; to override, pass --task {' or '.join(others)}." if others else "."))
     for warning in data.summary.get("warnings", []):

@@ -79,7 +79,7 @@ def test_names_resolve_and_mistakes_fail_loudly():
 def test_a_classifier_backbone_is_refused_for_segmentation_and_back(tmp_path):
     from automl_ft.train import build_model
 
-    base = dict(num_classes=3, image_size=64, augment="none", backbone_options=TINY)
+    base = {"num_classes": 3, "image_size": 64, "augment": "none", "backbone_options": TINY}
     with pytest.raises(BackboneError, match="use a segmentation model"):
         build_model(TrialConfig(task="image-segmentation", backbone="timm:test_efficientnet", **base))
     with pytest.raises(BackboneError, match="use a classifier backbone"):

@@ -157,7 +157,7 @@ def _check_masks(images: list[Path], masks: list[Path], known: int | None
             hashes.append(None)
             largest.append(-1)
             continue
-        except Exception as e:  # any decode error of either file drops the pair, named
+        except Exception as e:  # noqa: BLE001  (PIL raises a zoo of errors on corrupt data; the pair is dropped, named)
             problems["unreadable_masks"].append(f"{path.name}: {(str(e).splitlines() or [type(e).__name__])[0][:80]}")
             hashes.append(None)
             largest.append(-1)
