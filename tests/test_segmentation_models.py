@@ -55,6 +55,11 @@ def test_freezing_runs_over_encoder_stages_and_lora_goes_on_their_pointwise_conv
     assert any(isinstance(m, LoRAConv1x1) for s in stages[2:] for m in s.modules())
     decoder = b.model.net.decoder
     assert all(p.requires_grad for p in decoder.parameters())  # the decoder is the head: always trained
+    b.model.train()  # the decoder's BatchNorms learn their statistics; the encoder's keep the pretrained ones
+    norms = torch.nn.modules.batchnorm._BatchNorm
+    assert all(m.training for m in decoder.modules() if isinstance(m, norms))
+    assert any(isinstance(m, norms) for m in decoder.modules())
+    assert not any(m.training for m in b.model.net.encoder.modules() if isinstance(m, norms))
     b.model.eval()
     for m in b.model.modules():  # nudge the adapters so merging has something to fold in
         if isinstance(m, LoRAConv1x1):
