@@ -117,3 +117,20 @@ def test_the_bundled_space_searches_three_decoders_on_lite0():
     assert sorted(space.backbones) == ["deeplabv3plus:efficientnet-lite0", "fpn:efficientnet-lite0",
                                        "unet:efficientnet-lite0"]
     assert all(b.freeze_depth.high <= 7 for b in space.backbones.values())
+
+
+def test_out_dir_is_refused_for_other_models_and_must_be_a_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from automl_ft.errors import UsageError
+    from automl_ft.predict import _masks_dir
+
+    classifier = SimpleNamespace(spatial=False, task_name="image-classification")
+    assert _masks_dir(classifier, None) is None
+    with pytest.raises(UsageError, match="--out-dir is for segmentation models"):
+        _masks_dir(classifier, str(tmp_path))
+    segmenter = SimpleNamespace(spatial=True, task_name="image-segmentation")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        _masks_dir(segmenter, str(tmp_path / "f"))
+    assert _masks_dir(segmenter, str(tmp_path / "new" / "masks")).is_dir()
