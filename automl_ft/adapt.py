@@ -92,7 +92,10 @@ def apply_adaptation(backbone: Backbone, *, freeze_depth: int, adaptation: str =
         for name, p in model.named_parameters():
             p.requires_grad_(id(p) in head_params or name.endswith(("lora_a", "lora_b")))
         # Norm statistics of frozen layers stay the pretrained ones (PEFT's semantics: only adapters and head move).
-        frozen_modules += [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # A head's own norms train with it: a segmentation decoder's BatchNorms start at mean 0 / var 1.
+        in_head = {id(m) for h in parts.head for m in h.modules()}
+        frozen_modules += [m for m in model.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in in_head]
     set_frozen_eval(model, frozen_modules)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

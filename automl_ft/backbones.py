@@ -95,6 +95,8 @@ class Backbone:
     tokenizer: Any = None
     # image: timm's data config (input_size, mean, std, interpolation, crop_pct)
     data_config: dict[str, Any] = field(default_factory=dict)
+    # a dense model (segmentation_models.py): logits [B, C, H, W], for tasks with spatial targets
+    dense: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -157,7 +159,7 @@ def get_entry(name: str) -> BackboneEntry:
 
 @dataclass(frozen=True)
 class ResolvedName:
-    kind: str  # "registry" | "timm" | "hf"
+    kind: str  # "registry" | "timm" | "hf" | "dense"
     task: str
     target: str  # registry name, timm model name, HF repo id or local directory
 
@@ -172,7 +174,12 @@ def resolve_name(name: str, task: str | None = None) -> ResolvedName:
     raw = name.strip()
     low = raw.lower()
     resolved: ResolvedName | None = None
-    if low in _REGISTRY:
+    from automl_ft.segmentation_models import is_dense_name, parse_name
+
+    if is_dense_name(raw):  # <decoder>:<encoder>, the segmentation family
+        parse_name(raw)
+        resolved = ResolvedName("dense", IMAGE, raw)
+    elif low in _REGISTRY:
         resolved = ResolvedName("registry", _REGISTRY[low].task, low)
     elif low.startswith("timm:"):
         resolved = ResolvedName("timm", IMAGE, raw[5:])
@@ -223,6 +230,10 @@ def load_backbone(name: str, num_classes: int, *, task: str | None = None, dropo
     """
     options = dict(options or {})
     r = resolve_name(name, task)
+    if r.kind == "dense":
+        from automl_ft.segmentation_models import load_segmentation_model
+
+        return load_segmentation_model(r.target, num_classes, dropout, **options)
     if r.kind == "registry":
         return _REGISTRY[r.target].factory(num_classes, dropout, **options)
     if r.kind == "timm":

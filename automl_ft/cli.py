@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime intra-op threads (default: the physical cores)")
     p.add_argument("--int8", action="store_true",
                    help="use the quantized model.int8.onnx (refused when its accuracy check failed)")
+    p.add_argument("--out-dir", metavar="DIR",
+                   help="segmentation models: write one mask PNG per input image here (class indices)")
 
     s = sub.add_parser("serve", help="serve an exported model over HTTP (FastAPI + onnxruntime, micro-batched)",
                        description="HTTP server: GET /health, GET /v1/metadata, POST /v1/predict (JSON "
@@ -224,7 +226,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from automl_ft.predict import run_predict
 
         return run_predict(args.model_dir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
-                           provider=args.provider, threads=args.threads, int8=args.int8)
+                           provider=args.provider, threads=args.threads, int8=args.int8, out_dir=args.out_dir)
     if args.command == "serve":
         from automl_ft.serve import ServeConfig, run_serve
 

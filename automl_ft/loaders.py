@@ -183,3 +183,79 @@ class ImageBatches:
             else:
                 x = torch.stack([self.cache.eval_tensor(self.paths[i], self.pre) for i in idx])
             yield {"pixel_values": x}, torch.from_numpy(self.targets[idx]), idx
+
+
+def random_resized_box(width: int, height: int, rng: random.Random, scale: tuple[float, float] = (0.5, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """A random crop box ``(left, top, right, bottom)`` of ``scale`` of the area and ``ratio`` aspect, as
+    torchvision's RandomResizedCrop draws it (ten tries, then the whole image)."""
+    import math
+
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+            return left, top, left + w, top + h
+    return 0, 0, width, height
+
+
+class SegmentationBatches(ImageBatches):
+    """Batches of ``{"pixel_values"}`` and int64 masks ``[B, size, size]`` for spatial targets (``targets`` are
+    mask paths).
+
+    Training draws one geometric transform per example and applies it to image and mask alike: a random resized
+    crop (scale 0.5-1, the classifier's) and, for ``crop-flip`` / ``randaugment``, a horizontal flip; images are
+    resampled with the model's interpolation, masks with nearest neighbour (a blended class index is no class).
+    ``randaugment`` adds colour jitter to the image only: RandAugment's shears and rotations would have to move the
+    mask too. Evaluation uses the predict-time transform for the image and the same resize/crop for the mask.
+    A training batch of one example is dropped: BatchNorm in a decoder cannot normalise a single 1x1 map.
+    """
+
+    def __init__(self, *args, augment: str | None, **kwargs):
+        super().__init__(*args, augment=None, **kwargs)
+        self.augment = augment if (augment and augment != "none" and self.shuffle) else None
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def _eval_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from automl_ft.preprocess import read_mask
+
+        path = str(self.targets[i])
+        y = self._masks.get(path)
+        if y is None:
+            y = self._masks[path] = torch.from_numpy(self.pre.apply_mask(read_mask(path)))
+        return self.cache.eval_tensor(self.paths[i], self.pre), y
+
+    def _train_pair(self, i: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image, ImageOps
+
+        from automl_ft.preprocess import _RESAMPLE, read_mask
+
+        image = self.cache.image(self.paths[i])
+        mask = Image.fromarray(read_mask(str(self.targets[i])))
+        box = random_resized_box(image.width, image.height, rng)
+        size = (self.pre.size, self.pre.size)
+        image = image.crop(box).resize(size, resample=Image.Resampling(_RESAMPLE[self.pre.interpolation]))
+        mask = mask.crop(box).resize(size, resample=Image.Resampling.NEAREST)
+        if self.augment != "crop" and rng.random() < 0.5:
+            image, mask = ImageOps.mirror(image), ImageOps.mirror(mask)
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        if self.augment == "randaugment":  # brightness and contrast, image only
+            arr = np.clip((arr - arr.mean()) * rng.uniform(0.7, 1.3) + arr.mean() * rng.uniform(0.7, 1.3), 0, 1)
+        arr = (arr - np.asarray(self.pre.mean, np.float32)) / np.asarray(self.pre.std, np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return x, torch.from_numpy(np.asarray(mask, dtype=np.int64))
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]]:
+        order = list(range(len(self.paths)))
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        if self.shuffle:
+            order = draw_order(len(order), rng, self.weights)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if self.shuffle and len(idx) == 1 and len(order) > 1:
+                continue
+            pairs = [self._train_pair(i, rng) if self.augment else self._eval_pair(i) for i in idx]
+            yield {"pixel_values": torch.stack([p[0] for p in pairs])}, torch.stack([p[1] for p in pairs]), idx

@@ -103,6 +103,13 @@ def make_session(path: str | Path, provider: str = "auto", threads: int | None =
         raise ModelDirError(f"{path}: onnxruntime cannot load it ({msg}); re-export with automl-ft export") from None
 
 
+# Inputs of dense models are resized so both sides are multiples of their output stride.
+DENSE_MULTIPLE = 32
+# Mask PNGs: class 0 black, then distinct colours (the pixel values stay the class indices); 255 white.
+MASK_PALETTE = ([0, 0, 0, 230, 25, 75, 60, 180, 75, 255, 225, 25, 0, 130, 200, 245, 130, 48, 145, 30, 180,
+                 70, 240, 240, 240, 50, 230, 210, 245, 60] + [128, 128, 128] * 245 + [255, 255, 255])
+
+
 @dataclass
 class Item:
     """One thing to classify: its id in the output (path or row number), the payload, and a known label if any."""
@@ -113,6 +120,7 @@ class Item:
     true_label: str | None = None
     error: str | None = None
     now: bool = False  # answer before reading the next item (stdin lines)
+    size: tuple[int, int] | None = None  # an image's original (width, height), for dense outputs
 
 
 class Predictor:
@@ -147,6 +155,8 @@ class Predictor:
             raise ModelDirError(f"{self.dir}: no {self.model_file}")
         self.session = make_session(self.dir / self.model_file, provider, threads)
         self.is_image = isinstance(self.pre, ImagePreprocess)
+        # per-pixel outputs (segmentation): whole images in, one mask per image out, at the image's own size
+        self.spatial = bool(getattr(self.task, "spatial_targets", False))
 
     def _check_int8(self) -> None:
         try:
@@ -182,11 +192,14 @@ class Predictor:
             payloads = self.pre.encode([str(t) for t in inputs])
             order = sorted(range(len(inputs)), key=lambda i: len(payloads[i]))
             chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-        out = np.zeros((len(inputs), self.task.head_size), dtype=np.float32)
+        out: np.ndarray | None = None
         for idx in chunks:
             batch = [self.pre.load(inputs[i]) for i in idx] if self.is_image else [payloads[i] for i in idx]
-            out[idx] = self.logits(batch)
-        return out
+            logits = self.logits(batch)
+            if out is None:  # [n, head], or [n, C, H, W] for a dense model
+                out = np.zeros((len(inputs), *logits.shape[1:]), dtype=np.float32)
+            out[idx] = logits
+        return out if out is not None else np.zeros((0, self.task.head_size), dtype=np.float32)
 
 
 def load_model_task(model_dir: Path, labels: list[str]) -> Any:
@@ -311,13 +324,40 @@ def _prepare(predictor: Predictor, items: list[Item]) -> None:
     if predictor.is_image:
         for it in todo:
             try:
-                it.payload = predictor.pre.load(it.payload)
+                if predictor.spatial:
+                    it.payload, it.size = predictor.pre.load_whole(it.payload, DENSE_MULTIPLE)
+                else:
+                    it.payload = predictor.pre.load(it.payload)
             except Exception as e:  # a corrupt file among many must not stop the others
                 msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
                 it.error = f"unreadable image ({msg})"
     elif todo:
         for it, ids in zip(todo, predictor.pre.encode([it.payload for it in todo])):
             it.payload = ids
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A class-index mask resized (nearest) to ``(width, height)``."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask).resize(size, resample=Image.Resampling.NEAREST))
+
+
+def _write_mask(mask: np.ndarray, item: Item, out_dir: Path, taken: set[str]) -> str:
+    """Save ``mask`` as a palette PNG (pixel values = class indices) named after the input, never overwriting a
+    mask written by this run (``a.png``, ``a-1.png``, ...); returns its path."""
+    from PIL import Image
+
+    stem = Path(str(item.input)).stem if not isinstance(item.input, int) else f"row{item.input + 1}"
+    name, k = f"{stem}.png", 0
+    while name in taken:
+        k += 1
+        name = f"{stem}-{k}.png"
+    taken.add(name)
+    im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    im.putpalette(MASK_PALETTE)
+    im.save(out_dir / name)
+    return str(out_dir / name)
 
 
 def _result(item: Item, decoded: dict[str, Any] | None) -> dict[str, Any]:
@@ -358,11 +398,16 @@ def predict_with_logits(predictor: Predictor, items: Iterator[Item], *, batch_si
         if not predictor.is_image:
             ok.sort(key=lambda i: len(window[i].payload))
         decoded: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(ok), batch_size):
-            idx = ok[start: start + batch_size]
+        # whole images of different shapes cannot share a batch: a dense model runs them one by one
+        step = 1 if predictor.spatial else batch_size
+        for start in range(0, len(ok), step):
+            idx = ok[start: start + step]
             logits = predictor.logits([window[i].payload for i in idx])
-            decoded.update(zip(idx, zip(predictor.task.decode(logits, top_k=top_k if top_k > 1 else None),
-                                        logits)))
+            fields = predictor.task.decode(logits, top_k=top_k if top_k > 1 else None)
+            for i, f in zip(idx, fields):
+                if predictor.spatial and window[i].size is not None:
+                    f["mask"] = _resize_mask(f["mask"], window[i].size)
+            decoded.update(zip(idx, zip(fields, logits)))
         for i, it in enumerate(window):
             fields, logits_row = decoded.get(i, (None, None))
             yield _result(it, fields), logits_row
@@ -409,8 +454,11 @@ class Scorer:
 
 def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size: int = 32, provider: str = "auto",
                 threads: int | None = None, stdout: TextIO | None = None, stdin: TextIO | None = None,
-                stderr: TextIO | None = None, int8: bool = False) -> int:
+                stderr: TextIO | None = None, int8: bool = False, out_dir: str | None = None) -> int:
     """Print predictions as JSON lines; returns the exit code (2 if some inputs could not be classified).
+
+    A segmentation model writes one mask PNG per input image into ``out_dir`` (required for it, refused for the
+    others) at the image's own size, and prints its path with the per-class pixel fractions.
 
     Raises:
         ModelDirError, UsageError, DataError: a bad model folder, flag or input (checked before any output).
@@ -426,11 +474,15 @@ def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size
         raise UsageError("'-' (stdin) is given more than once; pass it once")
     predictor = Predictor(model_dir, provider=provider, threads=threads, int8=int8)
     _check_inputs(predictor, inputs)
+    masks_dir = _masks_dir(predictor, out_dir)
+    taken: set[str] = set()
     top_k = min(top_k, max(1, len(predictor.labels)))
     failed = total = 0
     scored = Scorer(predictor)
     for result, logits in predict_with_logits(predictor, iter_items(predictor, inputs, stdin),
                                               batch_size=batch_size, top_k=top_k):
+        if masks_dir is not None and "mask" in result:
+            result["mask"] = _write_mask(result["mask"], Item(result["input"], None), masks_dir, taken)
         stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
         if result.get("source") == "-":
             stdout.flush()
@@ -453,3 +505,19 @@ def run_predict(model_dir: str, inputs: list[str], *, top_k: int = 1, batch_size
                      "fix or remove them\n")
         return 2
     return 0
+
+
+def _masks_dir(predictor: Predictor, out_dir: str | None) -> Path | None:
+    """The folder for a segmentation model's masks (created), checked before anything is printed."""
+    if not predictor.spatial:
+        if out_dir is not None:
+            raise UsageError("--out-dir is for segmentation models (one mask PNG per image); this model predicts "
+                             f"{predictor.task_name}: drop --out-dir")
+        return None
+    if out_dir is None:
+        raise UsageError("a segmentation model writes one mask PNG per image: pass --out-dir DIR")
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out-dir {path} is a file; pass a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,67 @@ class ImagePreprocess:
 
     def batch(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return {"pixel_values": np.stack(images).astype(np.float32)}
+
+    def load_whole(self, path: str | Path, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The whole image (no crop) for a fully convolutional model: the shorter side resized to ``resize`` and
+        both sides rounded to a multiple of ``multiple``, normalized; returns the array ``[3, H, W]`` and the
+        original ``(width, height)`` (what the predicted mask is resized back to)."""
+        from PIL import Image
+
+        with Image.open(path) as f:
+            im = f.convert("RGB")
+        w, h = im.size
+        scale = self.resize / min(w, h)
+        nw, nh = (max(multiple, round(v * scale / multiple) * multiple) for v in (w, h))
+        im = im.resize((nw, nh), resample=Image.Resampling(_RESAMPLE[self.interpolation]))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1)), (w, h)
+
+    def apply_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A class-index mask ``[H, W]`` -> int64 ``[size, size]`` by the same resize and center crop as
+        :meth:`apply`, with nearest-neighbour resampling (an interpolated class index is no class)."""
+        from PIL import Image
+
+        im = Image.fromarray(np.asarray(mask, dtype=np.uint8))
+        w, h = im.size
+        scale = self.resize / min(w, h)
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        im = im.resize((nw, nh), resample=Image.Resampling.NEAREST)
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        im = im.crop((left, top, left + self.size, top + self.size))
+        return np.asarray(im, dtype=np.int64)
+
+
+@lru_cache(maxsize=4096)
+def read_mask(path: str) -> np.ndarray:
+    """:func:`load_mask`, cached per process (a small data set's masks are decoded once, not every epoch); callers
+    must not modify the array."""
+    return load_mask(path)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A segmentation mask file as uint8 class indices ``[H, W]``: a single-channel PNG of indices (mode L) or a
+    palette PNG (mode P, whose pixel values are the indices); an RGB image whose three channels agree is read as
+    one channel.
+
+    Raises:
+        ValueError: a colour image (channels differ: colours, not indices) or indices above 255.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("L", "P"):
+            return np.asarray(im, dtype=np.uint8).copy()
+        if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+            arr = np.asarray(im)
+            if arr.size and int(arr.max()) > 255:
+                raise ValueError(f"indices up to {int(arr.max())}; class indices must be 0-254 (255 = ignore)")
+            return arr.astype(np.uint8)
+        arr = np.asarray(im.convert("RGB"))
+    if not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()):
+        raise ValueError("a colour image, not a mask of class indices; save masks as single-channel or palette PNG")
+    return arr[..., 0].copy()
 
 
 class TextPreprocess:

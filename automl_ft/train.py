@@ -105,6 +105,14 @@ def build_model(config: TrialConfig, *, backend: str = "auto") -> tuple[Backbone
     options = dict(config.backbone_options)
     backbone = load_backbone(config.backbone, config.num_classes, task=config.modality, dropout=config.dropout,
                              options=options)
+    from automl_ft.tasks import get_task
+
+    if get_task(config.problem).spatial_targets != backbone.dense:  # a classifier cannot predict masks, nor back
+        from automl_ft.errors import BackboneError
+
+        want = "a segmentation model (<decoder>:<encoder>, e.g. unet:efficientnet-lite0)" if not backbone.dense \
+            else "a classifier backbone (efficientnet-lite0, a timm model)"
+        raise BackboneError(f"backbone {config.backbone!r} does not fit a {config.task} task; use {want}")
     summary = apply_adaptation(backbone, freeze_depth=min(config.freeze_depth, backbone.num_blocks),
                                adaptation=config.adaptation, lora_rank=config.lora_rank or 8,
                                lora_alpha=config.lora_alpha or 16.0, lora_dropout=config.lora_dropout,
@@ -118,7 +126,7 @@ def make_batches(config: TrialConfig, split: Split, pre: Any, caches: Caches, ta
     weights = task.sample_weights(split.labels) if train and config.imbalance == "sampler" else None
     return get_modality(config.modality).make_batches(config, split.inputs, task.targets(split.labels), pre, caches,
                                                       train=train, batch_size=batch_size or config.batch_size,
-                                                      weights=weights)
+                                                      weights=weights, spatial=task.spatial_targets)
 
 
 def param_groups(model: nn.Module, backbone: Backbone, config: TrialConfig) -> list[dict[str, Any]]:
@@ -176,8 +184,8 @@ def predict_logits(model: nn.Module, batches, device: torch.device) -> np.ndarra
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         with _autocast(device):
             logits = model(**inputs).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((n, logits.shape[1]), dtype=np.float32)
+        if out is None:  # [n, head] (one output per input), or [n, C, H, W] (dense)
+            out = np.zeros((n, *logits.shape[1:]), dtype=np.float32)
         out[idx] = logits
     assert out is not None
     return out

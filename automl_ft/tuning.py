@@ -170,7 +170,7 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         recover_interrupted,
         worker_identity,
     )
-    from automl_ft.tasks import FULL_TASKS
+    from automl_ft.tasks import FULL_TASKS, get_task
     from automl_ft.train import Caches
 
     started = time.time()
@@ -277,9 +277,12 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         f"{device.type}; data {data.task}{classes}, {len(data.train)}/{len(data.val)}/{len(data.test)} "
         f"train/val/test; primary metric: validation {task.primary_metric} ({task.direction}).")
     if opts.task == "auto" and data.summary.get("task_reason"):
-        others = [t for t in FULL_TASKS if t.startswith(f"{data.modality}-") and t != data.task]
-        say(f"Task {data.task} ({data.summary['task_reason']}); to override, pass --task "
-            f"{' or '.join(others)}.")
+        # a layout of masks is read by the segmentation task only: there is nothing to switch to
+        others = [] if task.spatial_targets else [
+            t for t in FULL_TASKS if t.startswith(f"{data.modality}-") and t != data.task
+            and not get_task(t.partition("-")[2]).spatial_targets]
+        say(f"Task {data.task} ({data.summary['task_reason']})" + (
+            f"; to override, pass --task {' or '.join(others)}." if others else "."))
     for warning in data.summary.get("warnings", []):
         say(f"Warning: {warning}.")
     deadline = started + opts.timeout if opts.timeout else None

@@ -37,8 +37,13 @@ FOLDER_REASON = "an image folder: each image's class is its sub-folder, one labe
 
 
 def detect_task(path: Path) -> str:
-    """``image-classification`` for an image folder, ``text-classification`` for a table or a folder of tables
-    (the modality only; :func:`load_dataset` resolves the problem type from the labels)."""
+    """``image-segmentation`` for an images/ + masks/ folder, ``image-classification`` for an image folder,
+    ``text-classification`` for a table or a folder of tables (the modality only; :func:`load_dataset` resolves the
+    problem type from the labels)."""
+    from .segmentation import TASK, is_segmentation_folder
+
+    if is_segmentation_folder(path):
+        return TASK
     kind = _data_kind(path)
     return "image-classification" if kind == "folder" else "text-classification"
 
@@ -114,6 +119,15 @@ def load_dataset(path: str | Path, *, task: str = "auto", text_column: str | Non
     if not label_sep:
         raise UsageError("--label-sep is empty; pass the string that joins several labels in a cell (default '|')")
     modality, problem = _parse_task_option(task)
+    from .segmentation import is_segmentation_folder, load_segmentation
+
+    if problem == "segmentation" or (problem is None and is_segmentation_folder(path)):
+        # masks, not label cells: the segmentation layouts have their own reader (data/segmentation.py)
+        if text_column:
+            raise UsageError("--text-column does not apply to segmentation; a table has image and mask path columns")
+        return load_segmentation(path, image_column=image_column, mask_column=label_column, seed=seed,
+                                 val_fraction=val_fraction, test_fraction=test_fraction,
+                                 **({"reason": f"--task {task}"} if problem else {}))
     kind = _data_kind(path)
     if kind == "folder":
         if modality == TEXT_MODALITY:

@@ -32,9 +32,10 @@ class Modality(abc.ABC):
 
     @abc.abstractmethod
     def make_batches(self, config: TrialConfig, inputs: Sequence[str], targets: np.ndarray, pre: Any, caches: Any, *,
-                     train: bool, batch_size: int, weights: np.ndarray | None = None) -> Any:
+                     train: bool, batch_size: int, weights: np.ndarray | None = None, spatial: bool = False) -> Any:
         """Batches of ``(model inputs, targets, example indices)``; ``weights`` draws training examples with
-        replacement in proportion to them (the balanced sampler)."""
+        replacement in proportion to them (the balanced sampler). ``spatial``: each target is a map over the
+        input (a mask file, :attr:`Task.spatial_targets`), transformed together with it."""
 
     @abc.abstractmethod
     def onnx_example(self, config: TrialConfig) -> tuple[tuple[Any, ...], dict[str, dict[int, Any]],

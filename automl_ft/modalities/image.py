@@ -10,6 +10,15 @@ from . import IMAGE, register_modality
 from .base import Modality
 
 AUGMENTS = ("none", "crop", "crop-flip", "randaugment")
+# Dense (segmentation) models downsample by 32 and upsample back: their input sides are multiples of it.
+SPATIAL_STRIDE = 32
+
+
+def _spatial(config) -> bool:
+    """Whether the trial's task has per-pixel targets (asked of the task class, never its name)."""
+    from automl_ft.tasks import get_task
+
+    return bool(get_task(config.problem).spatial_targets)
 
 
 @register_modality
@@ -22,6 +31,8 @@ class ImageModality(Modality):
             return f"image trials need image_size >= 16, got {config.image_size}"
         if (config.augment or "none") not in AUGMENTS:
             return f"augment must be one of {AUGMENTS}, got {config.augment!r}"
+        if _spatial(config) and config.image_size % SPATIAL_STRIDE:
+            return f"segmentation trials need image_size divisible by {SPATIAL_STRIDE}, got {config.image_size}"
         return None
 
     def describe(self, config) -> str:
@@ -36,9 +47,12 @@ class ImageModality(Modality):
                                std=tuple(float(v) for v in dc.get("std", (0.5,) * 3)),
                                interpolation=str(dc.get("interpolation", "bicubic")))
 
-    def make_batches(self, config, inputs, targets, pre, caches, *, train, batch_size, weights=None):
-        from automl_ft.loaders import ImageBatches
+    def make_batches(self, config, inputs, targets, pre, caches, *, train, batch_size, weights=None, spatial=False):
+        from automl_ft.loaders import ImageBatches, SegmentationBatches
 
+        if spatial:  # a mask per image: one geometric transform for both
+            return SegmentationBatches(inputs, targets, pre, batch_size, augment=config.augment if train else None,
+                                       shuffle=train, cache=caches.images, seed=config.seed, weights=weights)
         return ImageBatches(inputs, targets, pre, batch_size, augment=config.augment if train else None,
                             shuffle=train, cache=caches.images, seed=config.seed, weights=weights)
 
@@ -47,6 +61,11 @@ class ImageModality(Modality):
 
         size = int(config.image_size)
         batch = torch.export.Dim("batch", min=1, max=65536)
+        if _spatial(config):  # dense models take any multiple of the stride: height and width stay symbolic
+            height, width = (torch.export.Dim(n, min=1, max=512) for n in ("height", "width"))
+            return ((torch.randn(2, 3, size, size),),
+                    {"pixel_values": {0: batch, 2: SPATIAL_STRIDE * height, 3: SPATIAL_STRIDE * width}},
+                    {"pixel_values": {0: "batch", 2: "height", 3: "width"}})
         return ((torch.randn(2, 3, size, size),), {"pixel_values": {0: batch}}, {"pixel_values": {0: "batch"}})
 
     def example_feeds(self, pre, inputs: Sequence[str], batch_size: int = 1) -> dict[str, np.ndarray]:

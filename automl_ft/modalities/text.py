@@ -30,7 +30,9 @@ class TextModality(Modality):
 
         return TextPreprocess.from_hf(backbone.tokenizer, int(config.max_length))
 
-    def make_batches(self, config, inputs, targets, pre, caches, *, train, batch_size, weights=None):
+    def make_batches(self, config, inputs, targets, pre, caches, *, train, batch_size, weights=None, spatial=False):
+        if spatial:
+            raise ValueError("texts have no spatial targets")
         from automl_ft.loaders import TextBatches
 
         ids = caches.tokens.get(pre, inputs)

@@ -558,6 +558,10 @@ def count_blocks(name: str, options: dict[str, Any] | None = None) -> int:
     from automl_ft.backbones import _REGISTRY, _timm_parts, resolve_name
 
     r = resolve_name(name)
+    if r.kind == "dense":
+        from automl_ft.segmentation_models import count_stages
+
+        return count_stages(r.target)
     if r.kind == "registry" and _REGISTRY[r.target].num_blocks is not None:
         return int(_REGISTRY[r.target].num_blocks)
     if r.kind == "timm":
@@ -611,7 +615,11 @@ def load_space(path: str | Path | None, task: str, *, backbones: list[str] | Non
     import yaml
 
     modality = space_modality(task)
-    file = Path(path).expanduser() if path else default_space_path(modality)
+    # a task's own bundled space when there is one (image-segmentation.yaml: a different model family), else the
+    # modality's default
+    own = default_space_path(task) if task not in list_modalities() else None
+    file = Path(path).expanduser() if path else own if own is not None and own.is_file() else default_space_path(
+        modality)
     if not file.is_file():
         raise SearchSpaceError(f"{file}: no such search-space file; pass --space with a YAML file")
     try:

@@ -57,7 +57,8 @@ def task_name(modality: str, problem: str) -> str:
     """The full task name, ``text-classification`` for (``text``, ``classification``); both parts checked."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
-    get_task(problem)
+    if modality not in get_task(problem).modalities:
+        raise ValueError(f"a {problem} task takes {' or '.join(get_task(problem).modalities)} inputs, not {modality}")
     return f"{modality}-{problem}"
 
 
@@ -69,14 +70,14 @@ def split_task_name(full: str) -> tuple[str, str]:
         full names.
     """
     modality, sep, problem = str(full).partition("-")
-    if not sep or modality not in MODALITIES or problem not in _TASKS:
+    if not sep or modality not in MODALITIES or problem not in _TASKS or modality not in _TASKS[problem].modalities:
         raise ValueError(f"unknown task {full!r}; use one of {', '.join(full_tasks())}")
     return modality, problem
 
 
 def full_tasks() -> tuple[str, ...]:
     """Every ``modality-problem`` combination of the registered tasks (modality-major, problems sorted)."""
-    return tuple(f"{m}-{p}" for m in MODALITIES for p in list_tasks())
+    return tuple(f"{m}-{p}" for m in MODALITIES for p in list_tasks() if m in _TASKS[p].modalities)
 
 
 def detect_problem(cells: list, label_sep: str = DEFAULT_LABEL_SEP) -> tuple[str, str]:
@@ -114,7 +115,7 @@ def load_task(state: dict[str, Any]) -> Task:
 
 
 # Registration happens on import; these imports sit below the registry they use.
-from . import multi_label, regression, single_label
+from . import multi_label, regression, segmentation, single_label
 
 FULL_TASKS: tuple[str, ...] = full_tasks()
 
@@ -132,6 +133,7 @@ __all__ = [
     "multi_label",
     "register_task",
     "regression",
+    "segmentation",
     "single_label",
     "split_task_name",
     "task_name",

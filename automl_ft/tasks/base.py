@@ -141,6 +141,11 @@ class Task(abc.ABC):
     hf_problem_type: ClassVar[str]
     #: whether label smoothing means anything for this task's targets (the search fixes it at 0 where not)
     uses_label_smoothing: ClassVar[bool] = True
+    #: whether a target is a map over the input's pixels (segmentation): the modality then transforms input and
+    #: target together, and the model family is a dense one (logits ``[B, C, H, W]``)
+    spatial_targets: ClassVar[bool] = False
+    #: the input modalities the task makes sense on (segmentation: images only)
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(self, classes: Sequence[str]):
         self.classes = list(classes)

@@ -371,4 +371,4 @@ def test_cli_passes_image_column_and_label_sep(tmp_path, monkeypatch):
     choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["tune"]._actions
                    if a.dest == "task").choices
     assert set(choices) == {"auto", "text-classification", "text-multilabel", "text-regression",
-                            "image-classification", "image-multilabel", "image-regression"}
+                            "image-classification", "image-multilabel", "image-regression", "image-segmentation"}

@@ -24,13 +24,15 @@ from automl_ft.tasks import (
 )
 from tests.tasks.examples import make_example
 
-TASKS = list_tasks()
+# Tasks with one target per input; spatial ones (segmentation: a mask per input, read from files) have their own
+# tests of the same behaviours in tests/tasks/test_segmentation.py.
+TASKS = [t for t in list_tasks() if not get_task(t).spatial_targets]
 
 
 def test_registry_names():
-    assert TASKS == ["classification", "multilabel", "regression"]
-    assert FULL_TASKS == ("image-classification", "image-multilabel", "image-regression", "text-classification",
-                          "text-multilabel", "text-regression")
+    assert list_tasks() == ["classification", "multilabel", "regression", "segmentation"]
+    assert FULL_TASKS == ("image-classification", "image-multilabel", "image-regression", "image-segmentation",
+                          "text-classification", "text-multilabel", "text-regression")
     for full in FULL_TASKS:
         modality, problem = split_task_name(full)
         assert task_name(modality, problem) == full
@@ -48,12 +50,14 @@ def test_split_task_name_refuses_bad_names_listing_the_valid_ones(bad):
 
 
 def test_get_task_and_task_name_fail_loudly():
-    with pytest.raises(ValueError, match="known: classification, multilabel, regression"):
+    with pytest.raises(ValueError, match="known: classification, multilabel, regression, segmentation"):
         get_task("ranking")
     with pytest.raises(ValueError, match="known: image, text"):
         task_name("audio", "classification")
     with pytest.raises(ValueError, match="known: classification"):
         task_name("text", "ranking")
+    with pytest.raises(ValueError, match="segmentation task takes image inputs, not text"):
+        task_name("text", "segmentation")
 
 
 def test_register_task_refuses_a_second_class_under_a_taken_name():
