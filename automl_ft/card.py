@@ -39,10 +39,11 @@ def hub_header(*, config: dict[str, Any], data_summary: dict[str, Any], task: Ta
     source = str(data_summary.get("source") or "")
     dataset = Path(source.rstrip("/")).stem if source else ""
     test = metrics.get("test", {})
+    pipeline_tag = "image-segmentation" if task.spatial_targets else f"{modality}-classification"
     meta = {
         "library_name": "timm" if modality == "image" else "transformers",
-        "pipeline_tag": f"{modality}-classification",
-        "tags": ["automl-ft", "onnx", f"{modality}-classification", task.hf_problem_type.replace("_", "-"),
+        "pipeline_tag": pipeline_tag,
+        "tags": ["automl-ft", "onnx", pipeline_tag, task.hf_problem_type.replace("_", "-"),
                  str(config.get("backbone") or "").rsplit("/", 1)[-1]],
         "metrics": [k for k, v in test.items() if isinstance(v, (int, float)) and k not in ("num_examples", "loss")],
     }

@@ -71,6 +71,8 @@ class Segmentation(Task):
     """One class out of ``classes`` per pixel."""
 
     name = "segmentation"
+    # transformers has no problem_type for dense outputs; the Hub's name for the task is used as the card's tag
+    hf_problem_type = "semantic_segmentation"
     description = "semantic segmentation: one class per pixel (per-pixel softmax, Dice + cross-entropy)"
     output_doc = ("one score map per class, `[batch, classes, height, width]` in `labels.json` order; the highest "
                   "score per pixel is its class")
