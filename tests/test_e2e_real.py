@@ -33,7 +33,7 @@ def test_default_text_space_on_real_sms_spam(tmp_path, shared_dir, capsys):
     metrics = json.loads((run / "best" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.9
     assert metrics["onnx"]["exporter"] == "torchscript+ort-fusion" and metrics["onnx"]["prediction_agreement"] == 1.0
-    assert metrics["int8"]["usable"] in (True, False) and metrics["int8"]["test_accuracy"] is not None
+    assert metrics["int8"]["usable"] in (True, False) and metrics["int8"]["test_score"] is not None
     capsys.readouterr()
     assert main(["predict", str(run / "best"), str(data)]) == 0
     out = capsys.readouterr()
