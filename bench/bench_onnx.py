@@ -529,7 +529,8 @@ def _targets(rows: list[dict[str, Any]], models: dict[str, Any], providers: list
                 out[key + "_fused_export"] = {"value": round(torch_ms / m, 3), "want": f">= {TARGETS[key]}",
                                               "met": None}
     for task, info in models.items():
-        loss = (info.get("int8") or {}).get("accuracy_loss_points")
+        int8 = info.get("int8") or {}
+        loss = int8.get("loss_points", int8.get("accuracy_loss_points"))  # the older files name it by accuracy
         out[f"{task}_int8_loss_points"] = {"value": loss, "want": f"<= {TARGETS['int8_max_loss_points']}",
                                            "met": None if loss is None else loss <= TARGETS["int8_max_loss_points"]}
     first = models.get("text", {}).get("predict_first_output_s")
