@@ -87,7 +87,7 @@ CASES = {
     "timeout nan": "argument --timeout: 'nan' is not a finite number",
     "timeout inf": "argument --timeout: 'inf' is not a finite number",
     "max-latency-ms nan": "argument --max-latency-ms: 'NaN' is not a finite number",
-    "no command": "no command; use one of tune, export, predict, report, bench",
+    "no command": "no command; use one of tune, export, predict, serve, push, report, bench",
     "space: freeze_depth above the block count": "backbones.minilm-l6.freeze_depth: 12 is above the 6 blocks",
     "space: reduction factor 1": "pruner.reduction_factor: value 1 is below the minimum 2",
     "space: first trial outside the space": "first_trial.lr: 0.5 is outside the space",
