@@ -132,9 +132,12 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
     for key in ("backbone", "adaptation", "freeze_depth", "lora_rank", "lora_alpha", "lora_dropout", "lr",
                 "head_lr_scale", "weight_decay", "label_smoothing", "dropout", "batch_size", "grad_accumulation",
                 "epochs", "warmup_ratio", "max_grad_norm", "patience", "max_length", "image_size", "augment", "loss",
-                "imbalance", "seed"):
+                "imbalance", "head_init", "seed"):
         if key.startswith("lora_") and config.get("adaptation") != "lora":
             continue
+        if config.get("adaptation") == "probe" and key not in ("backbone", "adaptation", "freeze_depth",
+                                                               "max_length", "image_size", "imbalance", "seed"):
+            continue  # the probe's head is fitted in closed form: no optimiser settings to report
         if config.get(key) is not None:
             v = config[key]
             lines.append(f"| {key} | {f'{v:.4g}' if isinstance(v, float) else v} |")

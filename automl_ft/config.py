@@ -14,6 +14,8 @@ from typing import Any
 from automl_ft.modalities.image import AUGMENTS  # noqa: F401  (re-exported: the search space validates with it)
 
 IMBALANCE = ("none", "weighted", "sampler")
+ADAPTATIONS = ("full", "lora", "probe")  # probe: every block frozen, the head fitted in closed form (probe.py)
+HEAD_INITS = ("random", "probe")  # probe: linear-probe-then-fine-tune
 
 
 @dataclass
@@ -47,6 +49,7 @@ class TrialConfig:
     # the task's searched choices: regression's loss (mse | huber); imbalanced classification's remedy
     loss: str | None = None
     imbalance: str | None = None
+    head_init: str = "random"
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,8 +61,10 @@ class TrialConfig:
             raise ValueError(f"num_classes (the head's outputs) must be >= 1, got {self.num_classes}")
         if self.imbalance is not None and self.imbalance not in IMBALANCE:
             raise ValueError(f"imbalance must be one of {IMBALANCE}, got {self.imbalance!r}")
-        if self.adaptation not in ("full", "lora"):
-            raise ValueError(f"adaptation must be 'full' or 'lora', got {self.adaptation!r}")
+        if self.adaptation not in ADAPTATIONS:
+            raise ValueError(f"adaptation must be one of {', '.join(ADAPTATIONS)}, got {self.adaptation!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
         if self.adaptation == "lora":
             if self.lora_rank is None or not 1 <= int(self.lora_rank) <= 256:
                 raise ValueError(f"lora_rank must be in 1..256 for LoRA, got {self.lora_rank}")

@@ -32,6 +32,7 @@ from automl_ft.kernel_timing import KernelTimer
 from automl_ft.loaders import ImageCache, TokenCache
 from automl_ft.metrics import record_score
 from automl_ft.modalities import get_modality
+from automl_ft.probe import FeatureCache
 from automl_ft.tasks import Task
 
 MODEL_FILE = "model.safetensors"
@@ -73,6 +74,7 @@ class Caches:
 
     tokens: TokenCache = field(default_factory=TokenCache)
     images: ImageCache = field(default_factory=ImageCache)
+    features: FeatureCache = field(default_factory=FeatureCache)  # frozen pooled features (probe, LP-FT)
 
 
 @dataclass
@@ -113,8 +115,11 @@ def build_model(config: TrialConfig, *, backend: str = "auto") -> tuple[Backbone
         want = "a segmentation model (<decoder>:<encoder>, e.g. unet:efficientnet-lite0)" if not backbone.dense \
             else "a classifier backbone (efficientnet-lite0, a timm model)"
         raise BackboneError(f"backbone {config.backbone!r} does not fit a {config.task} task; use {want}")
-    summary = apply_adaptation(backbone, freeze_depth=min(config.freeze_depth, backbone.num_blocks),
-                               adaptation=config.adaptation, lora_rank=config.lora_rank or 8,
+    # the probe freezes everything but the head: full fine-tuning of nothing below it
+    probe = config.adaptation == "probe"
+    summary = apply_adaptation(backbone, freeze_depth=backbone.num_blocks if probe else min(config.freeze_depth,
+                                                                                              backbone.num_blocks),
+                               adaptation="full" if probe else config.adaptation, lora_rank=config.lora_rank or 8,
                                lora_alpha=config.lora_alpha or 16.0, lora_dropout=config.lora_dropout,
                                backend=backend)
     return backbone, summary.as_dict()
@@ -247,6 +252,10 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
 
     callbacks = callbacks or NoCallbacks()
     caches = caches or Caches()
+    if config.adaptation == "probe":
+        from automl_ft.probe import fit_probe_trial
+
+        return fit_probe_trial(config, data, workdir, device=device, caches=caches, backend=backend)
     workdir.mkdir(parents=True, exist_ok=True)
     config.save(workdir / CONFIG_FILE)
     seed_everything(config.seed)
@@ -254,6 +263,8 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
     backbone, adaptation = build_model(config, backend=backend)
     model = backbone.model.to(device)
     pre = make_preprocess(backbone, config)
+    if config.head_init == "probe":
+        init_head_from_probe(backbone, config, data, pre, caches, device, adaptation)
     train_batches = make_batches(config, data.train, pre, caches, task, train=True)
     val_batches = make_batches(config, data.val, pre, caches, task, train=False,
                                batch_size=max(64, config.batch_size))
@@ -344,6 +355,24 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
     (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
     return TrainOutcome(best_value, best_epoch, len(history), stopped, history, time.time() - started, steps,
                         adaptation, resumed_from_epoch=start_epoch, kernel_time=timer.close())
+
+
+def init_head_from_probe(backbone: Backbone, config: TrialConfig, data: LabeledData, pre: Any, caches: Caches,
+                         device: torch.device, adaptation: dict[str, Any]) -> None:
+    """Linear-probe-then-fine-tune: start the head at the probe's fit (recorded in ``adaptation``). A backbone
+    without a single linear head keeps its random one (logged), the trial still runs."""
+    from automl_ft.probe import probe_for, write_head
+
+    try:
+        fit = probe_for(backbone, config, data, pre, caches, device)
+        write_head(backbone, fit)
+    except ValueError as e:
+        _log.warning("head_init probe skipped: %s", e)
+        adaptation["head_init"] = f"random ({e})"
+        return
+    adaptation["head_init"] = "probe"
+    adaptation["probe_strength"] = fit.strength
+    adaptation["probe_val_score"] = data.fitted_task().primary(fit.val_metrics)
 
 
 def save_adapter(model: nn.Module, config: TrialConfig, out_dir: Path) -> Path | None:

@@ -268,7 +268,7 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     if retried:
         say(f"Resuming: retrying interrupted trial(s) {', '.join(map(str, retried))} from their last finished epoch.")
     first = space.first_trial_params()
-    enqueue_first_trial(storage, study, first)
+    enqueue_first_trial(storage, study, first, probe=space.probe_config(data.task, task, opts.seed) is not None)
 
     done = count_done(study)
     remaining = max(0, opts.trials - done)

@@ -37,6 +37,9 @@ def trial_row(t: optuna.trial.FrozenTrial, maximize: bool = True) -> dict[str, A
     adaptation = cfg.get("adaptation", "?")
     if adaptation == "lora":
         adaptation = f"lora r{cfg.get('lora_rank')}"
+    if cfg.get("head_init") == "probe":
+        adaptation += " lp-ft"  # the head started at the probe's fit
+    probe = adaptation == "probe"
     epochs = cfg.get("epochs")
     ran = t.user_attrs.get("epochs_run", len(t.intermediate_values))
     note = (t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or
@@ -59,8 +62,8 @@ def trial_row(t: optuna.trial.FrozenTrial, maximize: bool = True) -> dict[str, A
         "backbone": cfg.get("backbone", t.params.get("backbone", t.user_attrs.get("backbone", "?"))),
         "adaptation": adaptation,
         "freeze": cfg.get("freeze_depth"),
-        "lr": cfg.get("lr"),
-        "batch": cfg.get("batch_size"),
+        "lr": None if probe else cfg.get("lr"),  # fitted in closed form: no learning rate, no batches
+        "batch": None if probe else cfg.get("batch_size"),
         "epochs": f"{ran}/{epochs}" if epochs else str(ran),
         "val": value,
         # measured by the objective; in a multi-objective study it is also the second value

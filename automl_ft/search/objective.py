@@ -41,8 +41,11 @@ def is_oom(e: BaseException) -> bool:
 def describe(config: TrialConfig) -> str:
     from automl_ft.modalities import get_modality
 
-    ad = config.adaptation if config.adaptation == "full" else f"lora r{config.lora_rank}"
     extra = get_modality(config.modality).describe(config)
+    if config.adaptation == "probe":
+        return f"{config.backbone} probe (frozen features + linear head) {extra}"
+    ad = config.adaptation if config.adaptation == "full" else f"lora r{config.lora_rank}"
+    ad += " lp-ft" if config.head_init == "probe" else ""
     choices = "".join(f" {v}" for v in (config.loss, config.imbalance) if v and v != "none")
     return (f"{config.backbone} {ad} freeze {config.freeze_depth} lr {config.lr:.2g} bs {config.batch_size} "
             f"{config.epochs} ep {extra}{choices}")
@@ -86,7 +89,11 @@ class Objective:
         original = history[0] if history else trial.number
         # A retry reuses the original trial's seed, so resuming reproduces what the failed run would have done.
         task = self.data.fitted_task()
-        config = self.space.suggest(trial, self.data.task, task, seed=self.seed + original)
+        config = None
+        if trial.user_attrs.get("origin") == "probe":  # the floor queued first: nothing to sample
+            config = self.space.probe_config(self.data.task, task, seed=self.seed + original)
+        if config is None:
+            config = self.space.suggest(trial, self.data.task, task, seed=self.seed + original)
         workdir = self.trial_dir(trial.number)
         resume_dir = self._resume_dir(trial, history)
         trial.set_user_attr("worker", worker_identity())

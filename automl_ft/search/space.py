@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automl_ft.config import AUGMENTS, IMBALANCE, TrialConfig
+from automl_ft.config import AUGMENTS, HEAD_INITS, IMBALANCE, TrialConfig
 from automl_ft.modalities import TEXT, list_modalities
 from automl_ft.errors import BackboneError, SearchSpaceError
 
@@ -45,12 +45,12 @@ if TYPE_CHECKING:
     import optuna
 
 TOP_KEYS = {"task", "backbones", "backbone_defaults", "adaptation", "training", "sampler", "pruner", "first_trial",
-            "description"}
+            "description", "probe"}
 BACKBONE_KEYS = {"freeze_depth", "max_length", "image_size", "augment", "options"}
 BACKBONE_OPTION_KEYS = {"pretrained", "weights", "pooling", "drop_path", "trust_remote_code"}
 ADAPTATION_KEYS = {"full": {"lr"}, "lora": {"rank", "alpha", "dropout", "lr"}}
 TRAINING_KEYS = {"weight_decay", "anchor_decay", "label_smoothing", "dropout", "batch_size", "epochs",
-                 "warmup_ratio", "max_grad_norm", "patience", "head_lr_scale"}
+                 "warmup_ratio", "max_grad_norm", "patience", "head_lr_scale", "head_init"}
 SAMPLER_KEYS = {"type", "n_startup_trials", "multivariate", "constant_liar", "seed_offset"}
 PRUNER_KEYS = {"type", "min_resource", "reduction_factor", "n_warmup_steps", "n_startup_trials"}
 # Scalar settings of the sampler and pruner sections: key -> (kind, low, high). Optuna rejects some of these
@@ -274,6 +274,10 @@ class SearchSpace:
                 min_resource > self.max_epochs:
             raise ctx.fail("pruner.min_resource", f"{min_resource} is above the most epochs a trial runs "
                            f"(training.epochs: {self.max_epochs}); use at most {self.max_epochs}")
+        # The frozen-feature probe as the study's first trial (probe.py): the floor of the search, on by default
+        self.probe = raw.get("probe", True)
+        if not isinstance(self.probe, bool):
+            raise ctx.fail("probe", f"must be true or false, got {self.probe!r}")
         first = raw.get("first_trial")
         if first is not None and not isinstance(first, dict):
             raise ctx.fail("first_trial", "must be a mapping of settings")
@@ -405,8 +409,12 @@ class SearchSpace:
             "patience": (2, "int", 1, 1000),
             "head_lr_scale": (1.0, "float", 1e-3, 1e3),
         }
-        return {k: _param(ctx, f"training.{k}", raw.get(k, d), kind=t, low=lo, high=hi)
-                for k, (d, t, lo, hi) in spec.items()}
+        out = {k: _param(ctx, f"training.{k}", raw.get(k, d), kind=t, low=lo, high=hi)
+               for k, (d, t, lo, hi) in spec.items()}
+        # random: a fresh head; probe: linear-probe-then-fine-tune (the head starts at the probe's fit)
+        out["head_init"] = _param(ctx, "training.head_init", raw.get("head_init", "random"), kind="str",
+                                  choices=HEAD_INITS)
+        return out
 
     def _check_first_trial(self, ctx: _Ctx, overridden: bool) -> None:
         """Every first_trial value must lie inside the space: one outside used to be dropped silently, so the
@@ -494,6 +502,9 @@ class SearchSpace:
             if key == "label_smoothing" and not task.uses_label_smoothing:
                 values[key] = 0.0  # not sampled: a dimension the task cannot use would only dilute TPE's model
                 continue
+            if key == "head_init":
+                values[key] = str(param.sample(trial, key)) if task.probe_grid() else "random"
+                continue
             v = param.sample(trial, key)
             values[key] = int(v) if param.kind == "int" or key in ("batch_size", "epochs", "patience") else float(v)
         if values["max_grad_norm"] == 0:
@@ -503,6 +514,24 @@ class SearchSpace:
             values["loss"] = str(trial.suggest_categorical("task.loss", losses))
         if task.imbalanced:
             values["imbalance"] = str(trial.suggest_categorical("task.imbalance", list(IMBALANCE)))
+        return TrialConfig(**values)
+
+    def probe_config(self, task_name: str, task: Task, seed: int) -> TrialConfig | None:
+        """The probe trial's configuration (first backbone, its largest input size), or None where the space
+        turns the probe off or the task has no linear head. Nothing is sampled: the probe picks its own
+        regularisation on validation, so TPE never spends a trial on it."""
+        if not self.probe or not task.probe_grid():
+            return None
+        bb = next(iter(self.backbones.values()))
+        values: dict[str, Any] = {"task": task_name, "backbone": bb.name, "num_classes": task.head_size,
+                                  "freeze_depth": bb.num_blocks, "adaptation": "probe", "seed": seed, "epochs": 1,
+                                  "backbone_options": dict(bb.options),
+                                  "imbalance": "weighted" if task.imbalanced else None}
+        if self.modality == TEXT:
+            values["max_length"] = int(bb.max_length.max)
+        else:
+            values["image_size"] = int(bb.image_size.max)
+            values["augment"] = "none" if "none" in AUGMENTS else str(bb.augment.max)
         return TrialConfig(**values)
 
     def first_trial_params(self) -> dict[str, Any] | None:

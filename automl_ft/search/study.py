@@ -260,18 +260,23 @@ def claim(storage: Any, study: optuna.Study, key: str, worker: dict[str, Any]) -
         session.close()
 
 
-def enqueue_first_trial(storage: Any, study: optuna.Study, params: dict[str, Any] | None) -> bool:
-    """Queue the space's known-good ``first_trial`` in a new study, once however many workers start together.
+def enqueue_first_trial(storage: Any, study: optuna.Study, params: dict[str, Any] | None, *,
+                        probe: bool = False) -> bool:
+    """Queue the space's known-good ``first_trial`` in a new study, once however many workers start together;
+    with ``probe``, the frozen-feature probe before it (user attribute ``origin: probe``, no parameters).
 
     Checking that the study is empty and then enqueueing (even with ``skip_if_exists``) is a race: two workers
     started together both see no trials and both enqueue, so the study trains the same configuration twice.
     The claim ``first_trial`` makes the enqueue exclusive. Returns whether this call queued it.
     """
-    if not params or study.get_trials(deepcopy=False):
+    if not (params or probe) or study.get_trials(deepcopy=False):
         return False
     if not claim(storage, study, "first_trial", worker_identity()):
         return False
-    study.enqueue_trial(params, user_attrs={"origin": "first_trial"})
+    if probe:
+        study.enqueue_trial({}, user_attrs={"origin": "probe"})
+    if params:
+        study.enqueue_trial(params, user_attrs={"origin": "first_trial"})
     return True
 
 

@@ -241,6 +241,18 @@ class Task(abc.ABC):
         """Per-example sampling weights for a balanced sampler; None where the task has none."""
         return None
 
+    # The frozen-feature probe (automl_ft/probe.py) asks the task for a linear head fitted on pooled features: a
+    # task that returns no grid has no probe (segmentation: its head is a decoder, not a linear map).
+    def probe_grid(self) -> tuple[float, ...]:
+        """Regularisation strengths tried by the probe, picked on validation by the primary metric."""
+        return ()
+
+    def fit_linear(self, x: np.ndarray, labels: list, strength: float, *, balanced: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """A linear head ``(weight [head_size, d], bias [head_size])`` on standardised features ``x`` [n, d] whose
+        outputs are this task's logits; ``balanced`` reweights classes (the imbalance remedy)."""
+        raise NotImplementedError(f"{type(self).__name__} has no linear probe")
+
     @abc.abstractmethod
     def metrics(self, logits: np.ndarray, labels: list) -> dict[str, Any]:
         """NumPy-only metrics of ``logits`` [n, head_size] against ``labels``; always ``loss``, the primary metric
