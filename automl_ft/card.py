@@ -38,7 +38,7 @@ def hub_header(*, config: dict[str, Any], data_summary: dict[str, Any], task: Ta
     modality = str(config.get("task") or "text-classification").split("-")[0]  # "text" or "image"
     source = str(data_summary.get("source") or "")
     dataset = Path(source.rstrip("/")).stem if source else ""
-    test = metrics.get("test", {})
+    test = metrics.get("test") or {}
     pipeline_tag = "image-segmentation" if task.spatial_targets else f"{modality}-classification"
     meta = {
         "library_name": "timm" if modality == "image" else "transformers",
@@ -85,7 +85,7 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
     """
     from automl_ft.metrics import format_metric
 
-    test = metrics.get("test", {})
+    test = metrics.get("test") or {}
     onnx = metrics.get("onnx", {})
     metric = task.primary_metric
     classes = data_summary.get("classes", [])
@@ -164,6 +164,20 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         lines.append("")
     if leaderboard_md:
         lines += ["### Leaderboard", "", leaderboard_md, ""]
+    cv = metrics.get("cv")
+    if cv:
+        refit = cv.get("refit") or {}
+        lines += [
+            "## Cross-validated estimate (small data)",
+            "",
+            f"- {data_summary.get('validation', 'repeated stratified k-fold')}",
+            f"- {metric}: {format_metric(metric, cv['mean'])} +- {format_metric(metric, cv['std'])} (mean +- standard "
+            f"deviation over {len(cv['scores'])} folds: " + ", ".join(format_metric(metric, v) for v in cv["scores"])
+            + ")",
+            f"- The exported model is the chosen configuration refit on all {refit.get('examples')} labelled examples "
+            f"for {refit.get('epochs')} epoch(s) (the median of its folds' best): this estimate is for it.",
+            "",
+        ]
     lines += [
         "## Test metrics (held-out test split, evaluated once)",
         "",
@@ -173,6 +187,14 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         "",
         f"- Examples: {test.get('num_examples')}; every metric, per class or per label, in `metrics.json`",
         "",
+    ] if test else [
+        "## Test metrics",
+        "",
+        "- None: the data is too small to hold out a test split that measures anything; see the cross-validated "
+        "estimate above.",
+        "",
+    ]
+    lines += [
         "## ONNX check (onnxruntime against PyTorch)",
         "",
         f"- Exporter: {onnx.get('exporter')}; samples: {onnx.get('num_samples')}",

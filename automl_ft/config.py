@@ -50,6 +50,8 @@ class TrialConfig:
     loss: str | None = None
     imbalance: str | None = None
     head_init: str = "random"
+    # the probe's regularisation when fixed (a cross-validated refit: the folds' median); None: picked on val
+    probe_strength: float | None = None
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -212,18 +212,22 @@ def export_trial(trial_dir: Path, out_dir: Path, data: LabeledData, *, caches: C
         cpu = torch.device("cpu")
         task.calibrate(predict_logits(model, make_batches(config, data.val, pre, caches, task, train=False,
                                                           batch_size=64), cpu), data.val.labels)
-        test_batches = make_batches(config, data.test, pre, caches, task, train=False, batch_size=64)
+        # Small data may hold no test split (search/crossval.py): then there is no test score, and the ONNX
+        # check runs on the validation examples.
+        held = data.test if len(data.test) else data.val
+        test_batches = make_batches(config, held, pre, caches, task, train=False, batch_size=64)
         torch_logits = predict_logits(model, test_batches, cpu)
-        test = task.metrics(torch_logits, data.test.labels)
+        test = task.metrics(torch_logits, data.test.labels) if len(data.test) else None
         exporter = export_onnx(model, config, tmp / ONNX_FILE)
         session = ort.InferenceSession(str(tmp / ONNX_FILE), providers=["CPUExecutionProvider"])
-        verify_split = _subset(data.test, VERIFY_LIMIT)
+        verify_split = _subset(held, VERIFY_LIMIT)
         verify_batches = make_batches(config, verify_split, pre, caches, task, train=False, batch_size=64)
-        ref = torch_logits if verify_split is data.test else predict_logits(model, verify_batches, cpu)
+        ref = torch_logits if verify_split is held else predict_logits(model, verify_batches, cpu)
         got = onnx_logits(session, verify_batches)
         onnx_check = {
             "exporter": exporter,
             "num_samples": len(verify_split),
+            "split": "test" if held is data.test else "val",
             "max_abs_logit_diff": float(np.abs(got - ref).max()),
             "prediction_agreement": task.agreement(got, ref),
             "onnx_test_metric": task.primary_metric,

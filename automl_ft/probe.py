@@ -121,12 +121,12 @@ class ProbeFit:
 
 
 def fit_head(task: Task, x_train: np.ndarray, y_train: list, x_val: np.ndarray, y_val: list, *,
-             balanced: bool = False) -> ProbeFit:
+             balanced: bool = False, grid: Sequence[float] | None = None) -> ProbeFit:
     """Fit the task's linear head at each strength of its grid on standardised train features; keep the one
     whose validation primary metric is best (scored as export scores: a calibrated copy of the task)."""
     from automl_ft.tasks import load_task
 
-    grid = task.probe_grid()
+    grid = tuple(grid) if grid else task.probe_grid()
     if not grid:
         raise ValueError(f"the {task.name} task has no linear probe")
     x_train = x_train.astype(np.float64)
@@ -170,7 +170,8 @@ def probe_for(backbone: Backbone, config: TrialConfig, data: LabeledData, pre: A
     x_train = pooled_features(backbone, config, data.train.inputs, pre, caches, device)
     x_val = pooled_features(backbone, config, data.val.inputs, pre, caches, device)
     return fit_head(task, x_train, data.train.labels, x_val, data.val.labels,
-                    balanced=config.imbalance in ("weighted", "sampler"))
+                    balanced=config.imbalance in ("weighted", "sampler"),
+                    grid=None if config.probe_strength is None else (config.probe_strength,))
 
 
 def fit_probe_trial(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.device, caches: Any,

@@ -54,7 +54,7 @@ METRICS_FILE = "metrics.json"
 CARD_FILE = "model_card.md"
 # The Hugging Face formats of the model (hf_format.py): save_pretrained + tokenizer, or timm's folder.
 HF_DIR = "hf"
-IDENTITY_KEYS = ("task", "data_fingerprint", "study", "storage")
+IDENTITY_KEYS = ("task", "data_fingerprint", "study", "storage", "cv")
 # What names one run across commands (and across copies of its folder): export and report folders carry it.
 RUN_ID_KEYS = ("study", "data_fingerprint", "created")
 

@@ -119,7 +119,8 @@ def export_run(run_dir: str | Path, *, trial: int | None = None, out: str | Path
     record = {**record, "commands": [*record.get("commands", []), format_command(argv or ["export", str(run_dir)])]}
     metrics = export_best(run, study, chosen, data, caches=None, record=record, url=url, space=None, started=None,
                           say=say, out_dir=out_dir)
-    say(f"Exported trial {chosen.number} to {out_dir}: test {data.fitted_task().describe(metrics['test'])}, "
+    say(f"Exported trial {chosen.number} to {out_dir}: " + (
+        f"test {data.fitted_task().describe(metrics['test'])}" if metrics["test"] else "no test split") + ", "
         f"ONNX agreement {100 * metrics['onnx']['prediction_agreement']:.2f}%.")
     if format == "hf" and not (out_dir / HF_DIR).is_dir():  # "auto" wrote it already for Hugging Face backbones
         from automl_ft.hf_format import export_hf
@@ -191,7 +192,8 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
         raise UsageError(f"trial {best.number} has no checkpoint in {trial_dir}; run export on the machine that "
                          "trained it or with --artifacts")
     search = search_summary(study, best, record.get("storage") or url, space, started)
-    say(f"Evaluating trial {best.number} on the test split and exporting to ONNX ...")
+    say(f"Evaluating trial {best.number} on the test split and exporting to ONNX ..." if len(data.test) else
+        f"Exporting trial {best.number} to ONNX (no test split to evaluate on) ...")
 
     def card(directory: Path, metrics: dict[str, Any]) -> None:
         write_model_card(directory, metrics=metrics, config=best.user_attrs.get("config", {}),
@@ -202,7 +204,18 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
     return export_trial(trial_dir, out_dir, data, caches=caches, card_writer=card,
                         extra_metrics={"run": run.run_id(record), "trial": best.number, "study": study.study_name,
                                        "val_score": best.values[0], "val_metric": search["metric"],
-                                       "latency": best.user_attrs.get("latency")})
+                                       "latency": best.user_attrs.get("latency"), **cv_metrics(best, trial_dir)})
+
+
+def cv_metrics(best: Any, trial_dir: Path) -> dict[str, Any]:
+    """``{"cv": ...}`` for a cross-validated trial (its fold scores and the refit), else nothing."""
+    scored = best.user_attrs.get("cv")
+    if not scored:
+        return {}
+    from automl_ft.search.crossval import REFIT_FILE
+
+    refit = trial_dir / REFIT_FILE
+    return {"cv": {**scored, "refit": json.loads(refit.read_text()) if refit.is_file() else None}}
 
 
 def exported_metrics(best_dir: Path, study_name: str, trial: int) -> dict[str, Any] | None:

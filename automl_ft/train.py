@@ -237,13 +237,15 @@ def make_optimizer(groups: list[dict[str, Any]], config: TrialConfig):
 def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.device,
         report: Callable[[int, float], None] | None = None, callbacks: Callbacks | None = None,
         deadline: float | None = None, resume_dir: Path | None = None, caches: Caches | None = None,
-        backend: str = "auto") -> TrainOutcome:
+        backend: str = "auto", keep_last: bool = False) -> TrainOutcome:
     """Train one configuration; keep the best epoch's trainable weights in ``workdir/model.safetensors``.
 
     Args:
         report: called with (epoch, validation accuracy) after every epoch; it raises to prune the trial.
         deadline: ``time.time()`` after which training stops at the next step once an epoch has finished.
         resume_dir: a directory with a resume point of the same configuration to continue from.
+        keep_last: keep every epoch's weights (the last wins) and never stop early: a cross-validated refit,
+            whose validation examples are among its training examples, trains for a fixed epoch count.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
@@ -330,7 +332,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         value = record["val_score"]
         # The kept checkpoint breaks ties of the primary metric by validation loss; patience counts epochs without
         # a better primary metric (a trial stuck at the majority class while its loss wobbles must still stop).
-        improved = best_value is None or task.better(value, best_value)
+        improved = keep_last or best_value is None or task.better(value, best_value)
         if improved or (value == best_value and metrics["loss"] < _best_loss(history, best_epoch)):
             bad_epochs = 0 if improved else bad_epochs + 1
             best_value, best_epoch = value, epoch + 1

@@ -44,6 +44,7 @@ class TuneOptions:
     max_latency_ms: float | None = None
     latency_threads: int | None = None
     int8: bool = False
+    cv: str = "auto"  # auto: cross-validate trials on small data (search/crossval.py); off: the val split
     live: bool | None = None
     argv: list[str] = field(default_factory=list)
 
@@ -56,6 +57,8 @@ class TuneOptions:
             raise UsageError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.study):
             raise UsageError(f"--study {self.study!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+        if self.cv not in ("auto", "off"):
+            raise UsageError(f"--cv {self.cv!r}: use auto or off")
         objectives = tuple(o.strip() for o in self.objective.split(",") if o.strip())
         if objectives not in (("accuracy",), ("accuracy", "latency")):
             raise UsageError(f"--objective {self.objective!r}: use accuracy or accuracy,latency")
@@ -153,6 +156,7 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     from automl_ft.metrics import format_metric
     from automl_ft.runs import export_best, exported_metrics
     from automl_ft.search.artifacts import TrialArtifacts, check_artifacts_option, make_artifact_store
+    from automl_ft.search.crossval import plan_for
     from automl_ft.search.objective import Objective, TrialFailed
     from automl_ft.search.progress import SearchProgress
     from automl_ft.search.space import load_space
@@ -224,12 +228,14 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         if not demo:
             space = load_space(space_file, data.task, backbones=opts.backbones,
                                trust_remote_code=opts.trust_remote_code)
+        cv = plan_for(data, opts.seed) if opts.cv == "auto" else None
         study_name = opts.study or default_study_name(data.source if not demo else DEMO_NAME, data.fingerprint) + (
             "-latency" if opts.multi_objective else "")
         identity = {"task": data.task, "data_fingerprint": data.fingerprint, "study": study_name,
                     "storage": recorded_storage, "data_source": run.record_path(data.source),
                     "space_file": space.file, "space_fingerprint": space.fingerprint(), "seed": opts.seed,
                     "artifacts": opts.artifacts, "objective": opts.objective, "max_latency_ms": opts.max_latency_ms,
+                    "cv": None if cv is None else cv.to_dict(),
                     "data_options": {"task": opts.task, "text_column": opts.text_column,
                                      "label_column": opts.label_column, "image_column": opts.image_column,
                                      "label_sep": opts.label_sep, "seed": opts.seed}}
@@ -254,12 +260,17 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     if not url.startswith("sqlite") and not shared:
         say(f"Note: trial checkpoints stay in {store_desc} on this machine; pass --artifacts /shared/path (or "
             "s3://bucket/prefix) so workers on other machines can resume and export each other's trials.")
+    if cv is not None:
+        data.summary["validation"] = cv.describe()
     write_json(run.data_summary, data.summary)
 
     task = data.fitted_task()
     sampler = make_sampler(space, opts.trials, opts.seed)
+    # cross-validated trials are scored on every labelled example in turn: so is their trivial baseline
+    everything = data.train.labels + data.val.labels
     pruner = make_pruner(space, multi_objective=opts.multi_objective,
-                         baseline=task.baseline(data.train.labels, data.val.labels), direction=task.direction)
+                         baseline=task.baseline(data.train.labels, data.val.labels) if cv is None else
+                         task.baseline(everything, everything), direction=task.direction)
     directions = (task.direction, "minimize") if opts.multi_objective else (task.direction,)
     study = open_study(storage, study_name, sampler, pruner, url, directions)
     if not study.metric_names:
@@ -276,6 +287,10 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     say(f"Study {study_name!r} ({shown_storage}): {done} of {opts.trials} trials done, {remaining} to run on "
         f"{device.type}; data {data.task}{classes}, {len(data.train)}/{len(data.val)}/{len(data.test)} "
         f"train/val/test; primary metric: validation {task.primary_metric} ({task.direction}).")
+    if cv is not None:
+        say(f"Small data: trials are scored by {cv.describe()}; the best is refit on all of them"
+            + ("" if len(data.test) else "; no test split (too few examples to hold one out), so the card reports "
+               "the cross-validated estimate") + ". --cv off uses the validation split instead.")
     if opts.task == "auto" and data.summary.get("task_reason"):
         # a layout of masks is read by the segmentation task only: there is nothing to switch to
         others = [] if task.spatial_targets else [
@@ -294,7 +309,7 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         objective = Objective(space, data, trial_dir=run.trial_dir, device=device, seed=opts.seed,
                               progress=progress, caches=caches, deadline=deadline, artifacts=artifacts,
                               multi_objective=opts.multi_objective,
-                              max_latency_ms=opts.max_latency_ms, latency_threads=opts.latency_threads)
+                              max_latency_ms=opts.max_latency_ms, latency_threads=opts.latency_threads, cv=cv)
         stop_at_total = StudyBudget(opts.trials)
         try:
             with progress:
@@ -346,9 +361,15 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         if not (local / "model.safetensors").is_file() and not artifacts.fetch_result(best, local):
             raise SearchFailedError(f"Trial {best.number}'s checkpoint is neither here nor in the artifact store "
                                     f"({store_desc}); run automl-ft export on the machine that trained it.")
+        if cv is not None:
+            from automl_ft.search.crossval import refit_best
+
+            refit_best(best, data, local, device=device, caches=caches, say=say)
         summary = export_best(run, study, best, data, caches=caches, record=record, url=url, space=space,
                               started=started, say=say)
-        if opts.int8:
+        if opts.int8 and not len(data.test):
+            say("--int8 skipped: no test split to check the INT8 model's accuracy on.")
+        elif opts.int8:
             from automl_ft.quantize import add_int8
 
             q = add_int8(run.best, data, say)
@@ -359,10 +380,15 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         return SearchOutcome(run, study, best, None)
     test = summary["test"]
     latency = best.user_attrs.get("latency_ms")
-    say(f"\nBest: trial {best.number}, validation {task.primary_metric} "
-        f"{format_metric(task.primary_metric, best.values[0])}"
-        + (f", {latency:.2f} ms per input (onnxruntime, batch 1)" if latency is not None else "") + "; test "
-        f"{task.describe(test)} on {test['num_examples']} held-out examples.\nONNX check: max |logit diff| "
+    scored = best.user_attrs.get("cv")
+    how = (f"cross-validated {task.primary_metric} {format_metric(task.primary_metric, scored['mean'])} "
+           f"+- {format_metric(task.primary_metric, scored['std'])} over {len(scored['scores'])} folds"
+           if scored else f"validation {task.primary_metric} {format_metric(task.primary_metric, best.values[0])}")
+    tested = (f"test {task.describe(test)} on {test['num_examples']} held-out examples" if test else
+              "no test split (every labelled example trained the refit)")
+    say(f"\nBest: trial {best.number}, {how}"
+        + (f", {latency:.2f} ms per input (onnxruntime, batch 1)" if latency is not None else "") + f"; "
+        f"{tested}.\nONNX check: max |logit diff| "
         f"{summary['onnx']['max_abs_logit_diff']:.2g}, prediction agreement "
         f"{100 * summary['onnx']['prediction_agreement']:.2f}%.\nModel: {run.best}  (card: {run.best / 'model_card.md'})"
         f"\nPredict: automl-ft predict {run.best} INPUT...\nTotal time: {(time.time() - started) / 60:.1f} min.")

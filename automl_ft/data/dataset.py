@@ -417,6 +417,11 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
     parts: dict[str, list[int]] = {s: [i for i, sp in enumerate(splits) if sp == s] for s in SPLITS}
     split_note = f"given ({', '.join(splits_given)})"
     missing = [s for s in ("val", "test") if not parts[s]]
+    no_test = "test" in missing and not _test_measures(problem, [y_all[i] for i in parts["train"]], test_fraction)
+    if no_test:  # 16 labelled emails gave a 2-example test split scoring 50 %: cross-validation reports instead
+        missing.remove("test")
+        warnings.append(f"no test split: {test_fraction:.0%} of {len(parts['train'])} examples would hold less than "
+                        "one per class; the model card reports the cross-validated estimate instead")
     if missing:
         train_idx = parts["train"]
         fr = {"val": val_fraction, "test": test_fraction}
@@ -430,7 +435,7 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
         split_note += f"; {' and '.join(missing)} split off train: {how}, seed {seed}, " + \
             ", ".join(f"{s} {fr[s]:.0%}" for s in missing)
     for s in SPLITS:
-        if not parts[s]:
+        if not parts[s] and not (s == "test" and no_test):
             if problem == "classification":
                 per_class = Counter(y_all).most_common()[-1][1]
                 raise DataError(f"{path}: too few examples to make a {s} split (smallest class has {per_class}); "
@@ -469,7 +474,8 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
     # label_counts / label_set_sizes / no_label (multilabel), target (regression).
     summary.update(cls.fit(classes, train.labels).summary({"train": train.labels, "val": val.labels,
                                                            "test": test.labels}))
-    unmeasured = [c for c, a, b in zip(classes, val.counts(n_classes), test.counts(n_classes)) if not a or not b]
+    unmeasured = [c for c, a, b in zip(classes, val.counts(n_classes), test.counts(n_classes))
+                  if not a or (len(test) and not b)]
     if unmeasured:  # too rare to reach every split: trained on, but early stopping and the test cannot see them
         warnings.append(f"{len(unmeasured)} class(es) missing from val or test, too few examples to split "
                         f"({', '.join(repr(c) for c in unmeasured[:5])}): their accuracy is not measured; "
@@ -477,6 +483,14 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
     if warnings:
         summary["warnings"] = warnings
     return LabeledData(task, classes, train, val, test, str(path.resolve()), summary, digest.hexdigest()[:16])
+
+
+def _test_measures(problem: str, labels: list, fraction: float) -> bool:
+    """Whether a ``fraction`` test split of ``labels`` measures anything: at least one example of the rarest class
+    on average (classification), 5 examples otherwise. Below that it is left out, not carved."""
+    if problem == "classification":
+        return fraction * min(Counter(labels).values()) >= 1.0
+    return fraction * len(labels) >= 5.0
 
 
 def _check_enough(path: Path, problem: str, classes: list[str], train_values: list) -> None:

@@ -64,7 +64,9 @@ def trial_row(t: optuna.trial.FrozenTrial, maximize: bool = True) -> dict[str, A
         "freeze": cfg.get("freeze_depth"),
         "lr": None if probe else cfg.get("lr"),  # fitted in closed form: no learning rate, no batches
         "batch": None if probe else cfg.get("batch_size"),
-        "epochs": f"{ran}/{epochs}" if epochs else str(ran),
+        # a cross-validated trial's steps are its folds
+        "epochs": (f"{epochs} x {t.user_attrs['cv'].get('folds_done')} folds" if t.user_attrs.get("cv") else
+                   f"{ran}/{epochs}" if epochs else str(ran)),
         "val": value,
         # measured by the objective; in a multi-objective study it is also the second value
         "latency_ms": t.user_attrs.get("latency_ms", t.values[1] if t.values and len(t.values) > 1 else None),

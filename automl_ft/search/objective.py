@@ -12,18 +12,24 @@ Failures are contained to their trial and explained in its user attributes (show
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from automl_ft.config import TrialConfig
 from automl_ft.data import LabeledData
 from automl_ft.metrics import format_metric
-from automl_ft.train import MODEL_FILE, RESUME_META, Caches, TrainingDiverged, clean_resume_point, fit
+from automl_ft.train import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, RESUME_META, Caches, TrainingDiverged, \
+    TrainOutcome, clean_resume_point, fit
 
+from .crossval import CVPlan, fold_data
 from .pruners import BaselinePruner
 from .space import SearchSpace
 from .study import worker_identity
@@ -65,7 +71,7 @@ class Objective:
                  seed: int, progress: Any = None, caches: Caches | None = None, deadline: float | None = None,
                  backend: str = "auto", artifacts: Any = None,
                  multi_objective: bool = False, measure_latency: bool = False, max_latency_ms: float | None = None,
-                 latency_threads: int | None = None):
+                 latency_threads: int | None = None, cv: CVPlan | None = None):
         self.space = space
         self.data = data
         self.trial_dir = trial_dir
@@ -81,6 +87,9 @@ class Objective:
         self.measure_latency = measure_latency or multi_objective or max_latency_ms is not None
         self.max_latency_ms = max_latency_ms
         self.latency_threads = latency_threads
+        # small data: every trial is scored by these folds (crossval.py) instead of the validation split
+        self.cv = cv
+        self.folds = fold_data(data, cv) if cv is not None else []
 
     def __call__(self, trial) -> float:
         import optuna
@@ -123,7 +132,10 @@ class Objective:
 
         started = time.time()
         try:
-            outcome = self._fit_with_oom_retry(trial, config, workdir, resume_dir, report)
+            if self.folds:
+                outcome = self._cross_validate(trial, config, workdir, report)
+            else:
+                outcome = self._fit_with_oom_retry(trial, config, workdir, resume_dir, report)
         except optuna.TrialPruned:
             self._discard(trial, workdir)
             raise
@@ -178,10 +190,54 @@ class Objective:
                     return fetched
         return None
 
-    def _fit_with_oom_retry(self, trial, config: TrialConfig, workdir: Path, resume_dir: Path | None, report):
+    def _cross_validate(self, trial, config: TrialConfig, workdir: Path, report) -> TrainOutcome:
+        """Fit ``config`` on every fold; the trial's value is the mean of the folds' best validation scores,
+        reported after each fold (so the pruner compares trials fold by fold). The first fold's model stays as
+        the trial's checkpoint (latency, a later export of this trial); the best trial is refit on all data."""
+        from automl_ft.search.crossval import refit_epochs, summarize
+
+        scores: list[float] = []
+        epochs: list[int] = []
+        strengths: list[float] = []
+        history: list[dict] = []
+        started = time.time()
+        steps = 0
+        first = None
+        for i, fold in enumerate(self.folds):
+            fold_dir = workdir / f"fold-{i}"
+            out = self._fit_with_oom_retry(trial, copy.deepcopy(config), fold_dir, None, None, data=fold,
+                                           callbacks=None)
+            scores.append(out.best_value)
+            epochs.append(out.best_epoch)
+            steps += out.steps
+            if "probe_strength" in out.adaptation:
+                strengths.append(out.adaptation["probe_strength"])
+            history.append({"fold": i + 1, "val_score": out.best_value, "best_epoch": out.best_epoch,
+                            "epochs_run": out.epochs_run, "val_examples": len(fold.val)})
+            if first is None:
+                first = out
+                for name in (MODEL_FILE, CONFIG_FILE):
+                    shutil.copyfile(fold_dir / name, workdir / name)
+            shutil.rmtree(fold_dir, ignore_errors=True)
+            trial.set_user_attr("cv", {**summarize(scores), "folds_done": i + 1, "folds": len(self.folds)})
+            if self.progress is not None and hasattr(self.progress, "fold_done"):
+                self.progress.fold_done(f"  trial {trial.number} fold {i + 1}/{len(self.folds)}: "
+                                   f"{format_metric(self.data.fitted_task().primary_metric, out.best_value)}")
+            report(i + 1, float(np.mean(scores)))
+        assert first is not None
+        trial.set_user_attr("cv_best_epochs", epochs)
+        if strengths:
+            trial.set_user_attr("cv_probe_strengths", strengths)
+        (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        return TrainOutcome(float(np.mean(scores)), refit_epochs(epochs), len(history), "completed", history,
+                            time.time() - started, steps, first.adaptation, kernel_time=first.kernel_time)
+
+    def _fit_with_oom_retry(self, trial, config: TrialConfig, workdir: Path, resume_dir: Path | None, report, *,
+                            data: LabeledData | None = None, callbacks: Any = "progress"):
         while True:
             try:
-                return fit(config, self.data, workdir, device=self.device, report=report, callbacks=self.progress,
+                return fit(config, data or self.data, workdir, device=self.device, report=report,
+                           callbacks=self.progress if callbacks == "progress" else callbacks,
                            deadline=self.deadline, resume_dir=resume_dir, caches=self.caches, backend=self.backend)
             except RuntimeError as e:
                 if is_oom(e):
@@ -211,6 +267,6 @@ class Objective:
 
 def _val_loss(history: list[dict[str, Any]], epoch: int) -> float | None:
     for r in history:
-        if r["epoch"] == epoch:
+        if r.get("epoch") == epoch:  # cross-validated trials record folds, not epochs: no single val loss
             return r["val_loss"]
     return None

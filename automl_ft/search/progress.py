@@ -127,6 +127,12 @@ class SearchProgress:
                          f"train loss {record['train_loss']:.4f}  ({record['seconds']:.0f} s)")
         self._refresh()
 
+    def fold_done(self, text: str) -> None:
+        """One line per cross-validation fold (small data: the folds are the trial's steps)."""
+        if self._live is None:
+            self.message(text)
+        self._refresh()
+
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: a trial finished."""
         if self._live is None:
