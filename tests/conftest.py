@@ -156,6 +156,7 @@ training:
   head_lr_scale: 5.0
   patience: 2
 pruner: {{type: none}}
+probe: false  # these fixtures test training, resuming and faults: trial 0 is a sampled one
 """)
     return path
 
@@ -174,6 +175,7 @@ adaptation:
   full: {{lr: {{low: 1.0e-3, high: 3.0e-3, log: true}}}}
 training: {{batch_size: 8, epochs: 3, patience: 3}}
 pruner: {{type: none}}
+probe: false  # these fixtures test training, resuming and faults: trial 0 is a sampled one
 """)
     return data, space
 
@@ -196,6 +198,7 @@ training:
   batch_size: [8]
   epochs: {low: 1, high: 2}
 pruner: {type: none}
+probe: false
 """)
     return path
 

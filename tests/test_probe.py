@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -115,8 +116,9 @@ def test_probe_trial_then_lp_ft_end_to_end(tmp_path, tiny_text_space):
     data = write_csv(tmp_path / "texts.csv", make_text_rows(30))
     space = tiny_text_space.read_text()
     assert "  patience: 2\n" in space
-    tiny_text_space.write_text(space.replace("  patience: 2\n", "  patience: 2\n  head_init: probe\n"))
-    result = tune(data, tmp_path / "run", trials=2, space=str(tiny_text_space), seed=0)
+    tiny_text_space.write_text(space.replace("  patience: 2\n", "  patience: 2\n  head_init: probe\n")
+                               .replace("probe: false", "probe: true"))
+    result = tune(data, tmp_path / "run", trials=2, space=str(tiny_text_space), seed=0, cv="off")
     trials = sorted(result.study.get_trials(), key=lambda t: t.number)
     assert trials[0].user_attrs["origin"] == "probe" and trials[0].params == {}
     assert trials[0].user_attrs["config"]["adaptation"] == "probe"
@@ -130,3 +132,41 @@ def test_probe_trial_then_lp_ft_end_to_end(tmp_path, tiny_text_space):
     assert history[0]["val_score"] == pytest.approx(trials[0].value)
     model = load(result.model_dir)
     assert len(model.predict(["great product, works well", "terrible, broke after a day"])) == 2
+
+
+def test_tiny_data_is_cross_validated_refit_exported_and_predicted(tmp_path, tiny_text_space):
+    """8 real SMS messages per class: no 2-example test split, trials scored by repeated stratified k-fold
+    (folds as intermediate values), the best refit on all 16, exported, its card stating the CV estimate."""
+    import csv
+
+    from automl_ft.api import load, tune
+    from automl_ft.search.crossval import REFIT_FILE
+
+    shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam" / "sms_spam.csv"
+    if not shared.is_file():
+        pytest.skip("the shared SMS data is not here")
+    with open(shared, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    picked = [r for r in rows if r["label"] == "spam"][:8] + [r for r in rows if r["label"] == "ham"][:8]
+    data = tmp_path / "sms16.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(picked)
+    result = tune(data, tmp_path / "run", trials=2, space=str(tiny_text_space), seed=0)
+    trials = sorted(result.study.get_trials(), key=lambda t: t.number)
+    cv = trials[0].user_attrs["cv"]
+    assert cv["folds"] == cv["folds_done"] == len(trials[0].intermediate_values) >= 6  # repeated k-fold
+    assert trials[0].value == pytest.approx(np.mean(cv["scores"]))
+    metrics = json.loads((result.model_dir / "metrics.json").read_text())
+    assert metrics["test"] is None and metrics["onnx"]["split"] == "val"
+    assert metrics["cv"]["refit"]["examples"] == 16
+    best_dir = result.run_dir / "trials" / f"{result.best_trial:04d}"
+    assert json.loads((best_dir / REFIT_FILE).read_text())["examples"] == 16
+    card = (result.model_dir / "model_card.md").read_text()
+    assert "Cross-validated estimate" in card and "+-" in card
+    summary = json.loads((result.run_dir / "data_summary.json").read_text())
+    assert summary["split_sizes"]["test"] == 0 and "cross-validation" in summary["validation"]
+    out = load(result.model_dir).predict(["WINNER! Claim your free prize now, text WIN to 80086",
+                                          "ok see you at lunch"])
+    assert set(out["label"]) <= {"ham", "spam"}
