@@ -10,13 +10,17 @@ Text models (a Hugging Face encoder, pooling, a linear head: ``backbones.TextCla
                                          Optimum's ``ORTModelForSequenceClassification.from_pretrained`` reads
                                          (config.json + model.onnx with input_ids/attention_mask in, logits out)
 
+    hf/modeling_automl_ft.py             the model class (hf_remote_code.py): encoder + pooling + head, named in
+                                         config.json's ``auto_map`` for AutoModelForSequenceClassification
+
 Why not ``BertForSequenceClassification``: every ``*ForSequenceClassification`` of transformers feeds the head
 through a pooler (BERT: tanh(dense([CLS])); RoBERTa's head: dense + tanh on [CLS]), which cannot express the mean
-pooling these models are trained with (nor the plain [CLS] of ``pooling: cls``). So ``transformers.pipeline(
-"text-classification", model=hf/)`` would add an *untrained* head and is not offered. What reproduces the
-model exactly with plain transformers is ``pipeline("feature-extraction", model=hf/)`` (the encoder's token
-states), pooled as ``head.json`` says and multiplied by the head: :func:`hf_logits` does that, and the tests check
-it gives the same labels as ``automl-ft predict`` on the test split. The ONNX model gives the logits directly.
+pooling these models are trained with (nor the plain [CLS] of ``pooling: cls``). So the folder names its own class,
+transformers' documented way for custom architectures: ``transformers.pipeline("text-classification", model=hf/,
+trust_remote_code=True)`` then gives the fine-tuned model's labels and scores (the tests check: the same labels as
+``automl-ft predict`` on the test split). Without remote code, ``pipeline("feature-extraction", model=hf/)`` (the
+encoder's token states), pooled as ``head.json`` says and multiplied by the head, is exact too: :func:`hf_logits`.
+The ONNX model gives the logits directly.
 
 Image models (timm): ``hf/config.json`` + ``hf/model.safetensors`` written by timm's ``save_for_hf``, which
 ``timm.create_model("local-dir:PATH", pretrained=True)`` loads with the trained classifier (``label_names`` in
@@ -36,6 +40,7 @@ from automl_ft.rundir import HF_DIR, LABELS_FILE, ONNX_FILE
 
 HEAD_FILE = "head.safetensors"
 HEAD_CONFIG = "head.json"
+REMOTE_MODULE = "modeling_automl_ft"  # hf/modeling_automl_ft.py: a copy of hf_remote_code.py
 
 
 def export_hf(model_dir: str | Path, *, into: Path | None = None) -> Path:
@@ -106,7 +111,10 @@ def _save_text(backbone: Any, config: Any, task: Any, labels: list[str], model_d
     hf_config.id2label = id2label
     hf_config.label2id = {v: k for k, v in id2label.items()}
     hf_config.problem_type = task.hf_problem_type
+    hf_config.auto_map = {"AutoModelForSequenceClassification": f"{REMOTE_MODULE}.AutomlFtForSequenceClassification"}
+    hf_config.automl_ft_pooling = model.pooling
     encoder.save_pretrained(str(out), safe_serialization=True)
+    shutil.copyfile(Path(__file__).with_name("hf_remote_code.py"), out / f"{REMOTE_MODULE}.py")
     tokenizer = backbone.tokenizer
     tokenizer.model_max_length = int(config.max_length or tokenizer.model_max_length)
     tokenizer.save_pretrained(str(out))

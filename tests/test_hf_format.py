@@ -53,6 +53,23 @@ def test_text_hf_folder_through_transformers_pipeline_equals_predict_on_the_test
     assert type(AutoModel.from_pretrained(hf)).__name__ == "BertModel"
 
 
+def test_text_classification_pipeline_with_the_folders_own_class_equals_predict_on_the_test_split(text_hf):
+    """``pipeline("text-classification", trust_remote_code=True)``: the model class the folder names in its
+    config (mean pooling + the trained head), not transformers' pooler head; labels and scores as ``predict``."""
+    from transformers import pipeline
+
+    hf, model, data = text_hf
+    texts = [str(t) for t in data.test.inputs]
+    want = predicted_labels(model, ["-"], "\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    pipe = pipeline("text-classification", model=str(hf), trust_remote_code=True, device="cpu")
+    got = pipe(texts, batch_size=16, truncation=True, max_length=128)
+    assert [g["label"] for g in got] == want
+    probs = Predictor(model).predict_logits(texts[:20])
+    probs = np.exp(probs - probs.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose([g["score"] for g in got[:20]], probs.max(1), atol=2e-3)
+
+
 def test_text_hf_folder_has_the_layout_optimum_reads(text_hf):
     """What ORTModelForSequenceClassification.from_pretrained(hf) does (optimum-onnx cannot install here: it pins
     transformers < 4.58): read config.json, open model.onnx, feed the tokenizer's outputs that the graph takes,
