@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads for latency timing (default: the physical cores); the same for every candidate")
     t.add_argument("--int8", action="store_true",
                    help="also export an INT8 model (usable only if it loses at most 1 point of test accuracy)")
+    t.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="recompute the frozen layers of text trials every epoch instead of once per text (to measure "
+                        "what the cache saves; the results are the same)")
     t.add_argument("--cv", choices=("auto", "off"), default="auto",
                    help="small data (validation split under 100 examples, or a class under 50): score trials by "
                         "repeated stratified k-fold on train+val and refit the best on all of it (auto), or not (off)")
@@ -216,7 +219,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                            seed=args.seed, backbones=backbones, trust_remote_code=args.trust_remote_code,
                            artifacts=args.artifacts, objective=args.objective,
                            max_latency_ms=args.max_latency_ms, latency_threads=args.latency_threads,
-                           int8=args.int8, cv=args.cv, argv=argv)
+                           int8=args.int8, cv=args.cv, prefix_cache=args.prefix_cache, argv=argv)
         return run_tune(opts)
     if args.command == "export":
         from automl_ft.console import printer

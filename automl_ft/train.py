@@ -32,6 +32,7 @@ from automl_ft.kernel_timing import KernelTimer
 from automl_ft.loaders import ImageCache, TokenCache
 from automl_ft.metrics import record_score
 from automl_ft.modalities import get_modality
+from automl_ft.prefix_cache import KeyedBatches, PrefixCache, install
 from automl_ft.probe import FeatureCache
 from automl_ft.tasks import Task
 
@@ -75,6 +76,7 @@ class Caches:
     tokens: TokenCache = field(default_factory=TokenCache)
     images: ImageCache = field(default_factory=ImageCache)
     features: FeatureCache = field(default_factory=FeatureCache)  # frozen pooled features (probe, LP-FT)
+    prefix: PrefixCache = field(default_factory=PrefixCache)  # token states after a frozen text prefix
 
 
 @dataclass
@@ -270,6 +272,12 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
     train_batches = make_batches(config, data.train, pre, caches, task, train=True)
     val_batches = make_batches(config, data.val, pre, caches, task, train=False,
                                batch_size=max(64, config.batch_size))
+    # after the probe (it needs the whole model): the frozen layers are computed once per text, then skipped
+    installed = install(backbone, config, data.train.inputs + data.val.inputs, pre, caches, device)
+    if installed is not None:
+        train_batches = KeyedBatches(train_batches, data.train.inputs, installed)
+        val_batches = KeyedBatches(val_batches, data.val.inputs, installed)
+        adaptation["prefix_cache"] = installed.record()
     steps_per_epoch = math.ceil(len(train_batches) / config.grad_accumulation)
     total_steps = steps_per_epoch * config.epochs
     optimizer = make_optimizer(param_groups(model, backbone, config), config)

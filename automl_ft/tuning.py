@@ -45,6 +45,7 @@ class TuneOptions:
     latency_threads: int | None = None
     int8: bool = False
     cv: str = "auto"  # auto: cross-validate trials on small data (search/crossval.py); off: the val split
+    prefix_cache: bool = True  # text: frozen layers computed once per text (prefix_cache.py)
     live: bool | None = None
     argv: list[str] = field(default_factory=list)
 
@@ -302,6 +303,7 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         say(f"Warning: {warning}.")
     deadline = started + opts.timeout if opts.timeout else None
     caches = Caches()
+    caches.prefix.enabled = opts.prefix_cache
     timed_out = False
     if remaining:
         progress = SearchProgress(study, opts.trials, live=False if quiet else opts.live, quiet=quiet,

@@ -44,6 +44,10 @@ def trial_row(t: optuna.trial.FrozenTrial, maximize: bool = True) -> dict[str, A
     ran = t.user_attrs.get("epochs_run", len(t.intermediate_values))
     note = (t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or
             t.user_attrs.get("stopped") or "")
+    cached = (t.user_attrs.get("adaptation") or {}).get("prefix_cache")
+    if cached:  # what the trial reused instead of recomputing (prefix_cache.py)
+        note = (note + "; " if note else "") + (f"{cached['layers']} frozen layers cached" + (
+            " (reused)" if not cached["computed"] else ""))
     retry_of = (t.user_attrs.get("retry_history") or [None])[-1]
     if retry_of is not None:
         note = (f"retry of #{retry_of}" + (f", resumed at epoch {t.user_attrs['resumed_from_epoch']}"

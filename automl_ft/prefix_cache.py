@@ -1,0 +1,178 @@
+"""Frozen-prefix caching: a text trial with freezing depth k runs its frozen first k layers once per input, not once
+per epoch and trial.
+
+With depth k the embeddings and layers 0..k-1 are frozen and in eval mode (adapt.set_frozen_eval: no dropout
+there, no LoRA), and text has no augmentation, so their output for a text depends only on the backbone, its load
+options, ``max_length`` and k. :class:`PrefixCache` keeps those token states (the real tokens only, float32) for
+the whole process; :func:`install` swaps layers 0..k-1 of the trial's model for :class:`CachedLayers`, which put
+the cached states of the current batch in place of the first frozen layer's output and pass them through the rest.
+Every epoch and every later trial with the same backbone, k and max_length then starts at layer k.
+
+Padding is the one difference: a batch pads to its longest text, and the cache holds real tokens only, so padded
+positions enter layer k as zeros instead of what the frozen layers made of the pad token. Attention masks them as
+keys and mean pooling ignores them, so the real tokens and the logits are the same (tested to 1e-5).
+
+Images are not cached: their default spaces augment (random crops and flips change every prefix output).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from automl_ft.backbones import Backbone
+    from automl_ft.config import TrialConfig
+
+# Above this many bytes of cached token states the cache stops growing and trials run the full model: SMS spam at
+# 128 tokens is ~5,000 x 25 tokens x 384 x 4 B = 0.2 GB, Banking77 ~0.25 GB.
+BUDGET_BYTES = 4 << 30
+CAPTURE_BATCH = 64
+
+
+class _Captured(Exception):
+    """Raised by the capture hook after layer k-1: the rest of the forward pass is not needed."""
+
+
+@dataclass
+class PrefixCache:
+    """Token states after the frozen prefix, per (backbone, options, max_length, k) and text."""
+
+    budget: int = BUDGET_BYTES
+    used: int = 0
+    store: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict)
+    enabled: bool = True
+
+
+class CachedLayers(nn.Module):
+    """Stands in for a frozen layer: the first one returns the batch's cached states (padded to the batch's length),
+    the others pass them through. ``keys`` (the batch's texts) is set before every forward pass."""
+
+    def __init__(self, table: dict[str, torch.Tensor] | None):
+        super().__init__()
+        self.table = table
+        self.keys: list[str] = []
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.table is None:
+            return hidden_states
+        out = torch.zeros_like(hidden_states)
+        for row, key in enumerate(self.keys):
+            states = self.table[key]
+            out[row, : len(states)] = states.to(out.device, out.dtype)
+        return out
+
+
+@dataclass
+class Installed:
+    """What :func:`install` did, for the trial's record (``adaptation["prefix_cache"]``)."""
+
+    layers: int
+    computed: int
+    reused: int
+    seconds: float
+    first: CachedLayers | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"layers": self.layers, "computed": self.computed, "reused": self.reused,
+                "seconds": round(self.seconds, 2)}
+
+
+def cache_key(config: TrialConfig, depth: int) -> tuple:
+    import json
+
+    return config.backbone, json.dumps(config.backbone_options, sort_keys=True), config.max_length, depth
+
+
+def applies(config: TrialConfig, backbone: Backbone, cache: PrefixCache) -> int:
+    """The number of layers a trial can skip: its freezing depth for a text encoder (0: nothing cached)."""
+    if not cache.enabled or config.modality != "text" or config.adaptation == "probe":
+        return 0
+    if type(backbone.model).__name__ != "TextClassifier":
+        return 0
+    return min(config.freeze_depth, backbone.num_blocks - 1)  # the last layer never: the neck follows it
+
+
+def install(backbone: Backbone, config: TrialConfig, inputs: list[str], pre: Any, caches: Any,
+            device: torch.device) -> Installed | None:
+    """Cache the frozen prefix's token states of ``inputs`` (those not cached yet) and swap the frozen layers of
+    ``backbone`` for :class:`CachedLayers`. None when nothing applies or the states would exceed the budget."""
+    import numpy as np
+
+    from automl_ft.backbones import _largest_block_list
+    from automl_ft.modalities import get_modality
+
+    cache: PrefixCache = caches.prefix
+    depth = applies(config, backbone, cache)
+    if depth < 1:
+        return None
+    layers = _largest_block_list(backbone.model.encoder)
+    if layers is None or list(layers)[: len(backbone.parts.blocks)] != backbone.parts.blocks:
+        return None
+    started = time.time()
+    table = cache.store.setdefault(cache_key(config, depth), {})
+    todo = [x for x in dict.fromkeys(inputs) if x not in table]
+    hidden = int(backbone.model.head.in_features)
+    if todo:
+        ids = caches.tokens.get(pre, todo)
+        need = sum(len(x) for x in ids) * hidden * 4
+        if cache.used + need > cache.budget:
+            return None
+        seen: list[Any] = []
+
+        def hook(_m, _args, output):
+            seen.append(output)
+            raise _Captured
+
+        handle = layers[depth - 1].register_forward_hook(hook)
+        model = backbone.model
+        was_training = model.training
+        model.eval()
+        batches = get_modality("text").make_batches(config, todo, np.zeros(len(todo), np.float32), pre, caches,
+                                                    train=False, batch_size=CAPTURE_BATCH)
+        try:
+            with torch.inference_mode():
+                for x, _, idx in batches:
+                    seen.clear()
+                    try:
+                        model(**{k: v.to(device) for k, v in x.items()})
+                    except _Captured:
+                        pass
+                    if not seen or not isinstance(seen[0], torch.Tensor):  # a layer returning tuples: not cached
+                        return None
+                    lengths = x["attention_mask"].sum(1).tolist()
+                    for row, i in enumerate(idx):
+                        table[todo[i]] = seen[0][row, : lengths[row]].detach().float().cpu().clone()
+        finally:
+            handle.remove()
+            model.train(was_training)
+        cache.used += need
+    first = CachedLayers(table)
+    layers[0] = first
+    for i in range(1, depth):
+        layers[i] = CachedLayers(None)
+    return Installed(depth, len(todo), len(set(inputs)) - len(todo), time.time() - started, first)
+
+
+class KeyedBatches:
+    """Batches that tell the cached layers which texts they hold (their positions in ``inputs``)."""
+
+    def __init__(self, batches: Any, inputs: list[str], installed: Installed):
+        self.batches = batches
+        self.inputs = inputs
+        self.first = installed.first
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.batches, name)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for x, targets, idx in self.batches:
+            self.first.keys = [self.inputs[i] for i in idx]
+            yield x, targets, idx
