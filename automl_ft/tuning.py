@@ -280,7 +280,9 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     if retried:
         say(f"Resuming: retrying interrupted trial(s) {', '.join(map(str, retried))} from their last finished epoch.")
     first = space.first_trial_params()
-    enqueue_first_trial(storage, study, first, probe=space.probe_config(data.task, task, opts.seed) is not None)
+    # the probe first (seconds, and the floor of the search), then the known-good fine-tune when the budget has room
+    probe = space.probe_config(data.task, task, opts.seed) is not None
+    enqueue_first_trial(storage, study, first if not probe or opts.trials > 1 else None, probe=probe)
 
     done = count_done(study)
     remaining = max(0, opts.trials - done)

@@ -214,6 +214,8 @@ class Objective:
                 strengths.append(out.adaptation["probe_strength"])
             history.append({"fold": i + 1, "val_score": out.best_value, "best_epoch": out.best_epoch,
                             "epochs_run": out.epochs_run, "val_examples": len(fold.val)})
+            if "probe_scores" in out.adaptation:
+                history[-1]["probe_scores"] = out.adaptation["probe_scores"]
             if first is None:
                 first = out
                 for name in (MODEL_FILE, CONFIG_FILE):
@@ -225,6 +227,20 @@ class Objective:
                                    f"{format_metric(self.data.fitted_task().primary_metric, out.best_value)}")
             report(i + 1, float(np.mean(scores)))
         assert first is not None
+        grids = [h.get("probe_scores") for h in history]
+        if all(grids) and len({tuple(g) for g in grids}) == 1:
+            # a probe: its strength is picked by the folds' mean (as LogisticRegressionCV picks C), not fold by fold,
+            # and the refit uses it. 16 SMS messages per class: fold-by-fold choices refit to 90.2 % on 1,000
+            # held-out messages, below a LogisticRegressionCV probe's 92.0 %.
+            task = self.data.fitted_task()
+            means = {k: (float(np.mean([g[k][0] for g in grids])), float(np.mean([g[k][1] for g in grids])))
+                     for k in grids[0]}
+            pick = max(means, key=lambda k: (means[k][0] if task.direction == "maximize" else -means[k][0],
+                                             -means[k][1]))
+            scores = [g[pick][0] for g in grids]
+            strengths = [float(pick)]
+            trial.set_user_attr("cv", {**summarize(scores), "folds_done": len(scores), "folds": len(self.folds),
+                                       "probe_strength": float(pick)})
         trial.set_user_attr("cv_best_epochs", epochs)
         if strengths:
             trial.set_user_attr("cv_probe_strengths", strengths)
