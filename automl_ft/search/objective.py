@@ -30,6 +30,7 @@ from automl_ft.train import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, RESUME_META, 
     TrainOutcome, clean_resume_point, fit
 
 from .crossval import CVPlan, fold_data
+from .schedule import fit_to_data
 from .pruners import BaselinePruner
 from .space import SearchSpace
 from .study import worker_identity
@@ -103,6 +104,8 @@ class Objective:
             config = self.space.probe_config(self.data.task, task, seed=self.seed + original)
         if config is None:
             config = self.space.suggest(trial, self.data.task, task, seed=self.seed + original)
+        # tiny data: enough optimizer steps whatever the space's epoch range (schedule.py); on folds, their size
+        config = fit_to_data(config, len(self.folds[0].train) if self.folds else len(self.data.train))
         workdir = self.trial_dir(trial.number)
         resume_dir = self._resume_dir(trial, history)
         trial.set_user_attr("worker", worker_identity())
