@@ -1,0 +1,88 @@
+"""Small data: when cross-validation applies, how folds are made, the schedule stretched to enough steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from automl_ft.config import TrialConfig
+from automl_ft.data import LabeledData, Split
+from automl_ft.search.crossval import SMALL_VAL, fold_data, plan_for, pooled, refit_epochs
+from automl_ft.search.schedule import MIN_STEPS, fit_to_data
+
+
+def _data(per_class: int, val_per_class: int, classes: int = 2, task: str = "text-classification") -> LabeledData:
+    names = [f"c{i}" for i in range(classes)]
+    train = Split([f"t{c}-{i}" for c in range(classes) for i in range(per_class)],
+                  [c for c in range(classes) for _ in range(per_class)])
+    val = Split([f"v{c}-{i}" for c in range(classes) for i in range(val_per_class)],
+                [c for c in range(classes) for _ in range(val_per_class)])
+    return LabeledData(task, names, train, val, Split(), "x", {}, "fp")
+
+
+def test_tiny_data_is_cross_validated_with_repeats_and_every_class_in_every_fold():
+    data = _data(7, 1)  # 16 examples, 8 per class
+    plan = plan_for(data)
+    assert plan is not None and plan.repeats == 3 and plan.folds == 3
+    folds = fold_data(data, plan)
+    assert len(folds) == plan.fits == 9
+    for fold in folds:
+        assert set(fold.val.labels) == {0, 1}  # stratified: each class in each fold's validation
+        assert not set(fold.val.inputs) & set(fold.train.inputs)
+        assert len(fold.train) + len(fold.val) == 16
+        assert fold.fitted_task() is data.fitted_task()  # one codec and primary metric for all folds
+    # one repeat's folds cover every example once as validation
+    seen = [x for fold in folds[:3] for x in fold.val.inputs]
+    assert sorted(seen) == sorted(data.train.inputs + data.val.inputs)
+    # the repeats draw different folds
+    assert folds[0].val.inputs != folds[3].val.inputs
+
+
+def test_large_validation_and_classes_need_no_cross_validation():
+    assert plan_for(_data(500, SMALL_VAL // 2 + 1)) is None
+    rare = plan_for(_data(20, 25, classes=4))  # val 100 examples, but each class has 45 labelled in all
+    assert rare is not None and rare.reason == "rarest class has 45 < 50 examples" and rare.folds == 5
+    assert plan_for(_data(30, 10)).reason.startswith("validation split of 20")
+
+
+def test_regression_and_multilabel_folds():
+    reg = LabeledData("text-regression", [], Split([f"t{i}" for i in range(40)], list(np.linspace(0, 1, 40))),
+                      Split([f"v{i}" for i in range(5)], [0.1, 0.3, 0.5, 0.7, 0.9]), Split(), "x", {}, "fp")
+    plan = plan_for(reg)
+    assert plan is not None and plan.folds == 5 and plan.repeats == 3
+    assert all(len(f.val) in (9, 9) for f in fold_data(reg, plan))
+    ml = LabeledData("text-multilabel", ["a", "b"], Split([f"t{i}" for i in range(30)],
+                                                          [[0], [1], [0, 1], []] * 7 + [[0]] * 2),
+                     Split([f"v{i}" for i in range(4)], [[0], [1], [0, 1], []]), Split(), "x", {}, "fp")
+    folds = fold_data(ml, plan_for(ml))
+    assert all(any(0 in y for y in f.val.labels) and any(1 in y for y in f.val.labels) for f in folds)
+
+
+def test_pooled_trains_on_every_labelled_example():
+    data = _data(7, 1)
+    everything = pooled(data)
+    assert len(everything.train) == 16 and everything.val.inputs == data.val.inputs
+    assert everything.fitted_task() is data.fitted_task()
+
+
+def test_refit_epochs_is_the_folds_median_rounded_up():
+    assert refit_epochs([2, 3, 9]) == 3 and refit_epochs([2, 3]) == 3 and refit_epochs([]) == 1
+
+
+@pytest.mark.parametrize("n, want_batch", [(10, 4), (16, 4), (60, 15)])
+def test_tiny_data_gets_enough_steps(n, want_batch):
+    config = TrialConfig(task="text-classification", backbone="minilm-l6", num_classes=2, batch_size=32, epochs=3,
+                         patience=2, max_length=64)
+    out = fit_to_data(config, n)
+    assert out.batch_size == want_batch
+    assert -(-n // out.batch_size) * out.epochs >= MIN_STEPS
+    assert out.patience >= out.epochs // 4
+
+
+def test_ordinary_data_and_the_probe_keep_their_schedule():
+    config = TrialConfig(task="text-classification", backbone="minilm-l6", num_classes=2, batch_size=32, epochs=3,
+                         max_length=64)
+    assert fit_to_data(config, 5000) == config
+    probe = TrialConfig(task="text-classification", backbone="minilm-l6", num_classes=2, adaptation="probe",
+                        max_length=64)
+    assert fit_to_data(probe, 10) == probe
