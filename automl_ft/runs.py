@@ -117,6 +117,12 @@ def export_run(run_dir: str | Path, *, trial: int | None = None, out: str | Path
         if not TrialArtifacts(store, study._storage, shared=shared).fetch_result(chosen, local):
             raise UsageError(f"trial {chosen.number} has no checkpoint here or in {desc}; export it where it ran")
     record = {**record, "commands": [*record.get("commands", []), format_command(argv or ["export", str(run_dir)])]}
+    if chosen.user_attrs.get("cv"):  # a cross-validated trial's checkpoint is one fold's: refit it on everything first
+        import torch
+
+        from automl_ft.search.crossval import refit_best
+
+        refit_best(chosen, data, local, device=torch.device("cpu"), caches=None, say=say)
     metrics = export_best(run, study, chosen, data, caches=None, record=record, url=url, space=None, started=None,
                           say=say, out_dir=out_dir)
     say(f"Exported trial {chosen.number} to {out_dir}: " + (
