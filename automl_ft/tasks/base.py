@@ -244,7 +244,8 @@ class Task(abc.ABC):
     # The frozen-feature probe (automl_ft/probe.py) asks the task for a linear head fitted on pooled features: a
     # task that returns no grid has no probe (segmentation: its head is a decoder, not a linear map).
     def probe_grid(self) -> tuple[float, ...]:
-        """Regularisation strengths tried by the probe, picked on validation by the primary metric."""
+        """Regularisation strengths tried by the probe, strongest regularisation first (ties keep the earlier),
+        picked on validation by the primary metric."""
         return ()
 
     def fit_linear(self, x: np.ndarray, labels: list, strength: float, *, balanced: bool = False
