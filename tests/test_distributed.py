@@ -50,7 +50,8 @@ def worker(tmp_path: Path, name: str, data: Path, space: Path, study: str, artif
     log = (tmp_path / f"{name}.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "automl_ft", "tune", str(data), "--out", str(tmp_path / name), "--space", str(space),
-         "--storage", URL, "--study", study, "--artifacts", str(artifacts), "--trials", str(trials)],
+         "--storage", URL, "--study", study, "--artifacts", str(artifacts), "--trials", str(trials),
+         "--cv", "off"],  # resumed mid-trial between epochs: a cross-validated trial (600 rows) restarts instead
         stdout=log, stderr=subprocess.STDOUT, env=ENV)
     proc.log_path = tmp_path / f"{name}.log"  # type: ignore[attr-defined]
     return proc

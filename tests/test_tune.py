@@ -105,8 +105,10 @@ def _tune_process(run: Path, data: Path, space: Path, trials: int) -> subprocess
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # As from a terminal: a test run started in the background (`cmd &` in a script) passes SIGINT on ignored, and
     # Python then installs no KeyboardInterrupt handler, so Ctrl-C would do nothing to the child.
+    # --cv off: these tests interrupt a trial between epochs and resume it there; a cross-validated trial (600 rows
+    # would be one) restarts its folds instead
     return subprocess.Popen([sys.executable, "-m", "automl_ft", "tune", str(data), "--out", str(run), "--space",
-                             str(space), "--trials", str(trials)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             str(space), "--trials", str(trials), "--cv", "off"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -132,7 +134,7 @@ def test_kill_9_mid_trial_then_resume(tmp_path, slow_text_setup):
     killed_at = time.time()
     study = load_study(run)
     assert [t.state.name for t in study.trials][:2] == ["COMPLETE", "RUNNING"]
-    assert main(["tune", str(data), "--out", str(run), "--space", str(space), "--trials", "3"]) == 0
+    assert main(["tune", str(data), "--out", str(run), "--space", str(space), "--trials", "3", "--cv", "off"]) == 0
     study = load_study(run)
     by_state = states(study)
     assert by_state == {"COMPLETE": 3, "FAIL": 1}, by_state
@@ -158,7 +160,7 @@ def test_ctrl_c_records_the_trial_and_the_same_command_resumes(tmp_path, slow_te
     study = load_study(run)
     assert [t.state.name for t in study.trials] == ["FAIL"]
     assert study.trials[0].user_attrs["fail_reason"].startswith("interrupted")
-    assert main(["tune", str(data), "--out", str(run), "--space", str(space), "--trials", "2"]) == 0
+    assert main(["tune", str(data), "--out", str(run), "--space", str(space), "--trials", "2", "--cv", "off"]) == 0
     study = load_study(run)
     assert states(study) == {"FAIL": 1, "COMPLETE": 2}
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
