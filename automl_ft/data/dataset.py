@@ -421,7 +421,7 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
     if no_test:  # 16 labelled emails gave a 2-example test split scoring 50 %: cross-validation reports instead
         missing.remove("test")
         warnings.append(f"no test split: {test_fraction:.0%} of {len(parts['train'])} examples would hold less than "
-                        "one per class; the model card reports the cross-validated estimate instead")
+                        "one per class on average; the model card reports the cross-validated estimate instead")
     if missing:
         train_idx = parts["train"]
         fr = {"val": val_fraction, "test": test_fraction}
@@ -486,10 +486,10 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
 
 
 def _test_measures(problem: str, labels: list, fraction: float) -> bool:
-    """Whether a ``fraction`` test split of ``labels`` measures anything: at least one example of the rarest class
-    on average (classification), 5 examples otherwise. Below that it is left out, not carved."""
+    """Whether a ``fraction`` test split of ``labels`` measures anything: one example per class on average
+    (classification; 16 emails of 2 classes would test on 1.6), 5 examples otherwise. Below that it is left out."""
     if problem == "classification":
-        return fraction * min(Counter(labels).values()) >= 1.0
+        return fraction * len(labels) >= len(Counter(labels))
     return fraction * len(labels) >= 5.0
 
 

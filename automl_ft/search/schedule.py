@@ -27,6 +27,8 @@ def fit_to_data(config: TrialConfig, n_train: int) -> TrialConfig:
     if steps >= MIN_STEPS:
         return config
     batch = max(MIN_BATCH, min(config.batch_size, n_train // 4))
+    if n_train % batch == 1 and batch < n_train:
+        batch += 1  # a last batch of one example: BatchNorm cannot train on it (EfficientNet raised on 13 images)
     per_epoch = math.ceil(n_train / batch)
     epochs = min(MAX_EPOCHS, max(config.epochs, math.ceil(MIN_STEPS / per_epoch)))
     patience = max(config.patience, epochs // 4)

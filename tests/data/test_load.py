@@ -12,6 +12,11 @@ from automl_ft.errors import DataError
 from tests.conftest import make_image_folder, make_png, make_text_rows, write_csv
 
 
+def warnings_of(data) -> list[str]:
+    """The data summary's warnings but the "no test split" one (small data: tested in tests/search)."""
+    return [w for w in data.summary.get("warnings", []) if not w.startswith("no test split")]
+
+
 def test_csv_is_cleaned_and_split(tmp_path):
     rows = make_text_rows(20)
     rows += rows[:5]  # exact duplicates
@@ -222,7 +227,7 @@ def test_a_class_too_rare_for_every_split_is_kept_with_a_warning(tmp_path):
     rows = make_text_rows(10) + [("a lonely message about chess", "chess")]
     data = load_dataset(write_csv(tmp_path / "t.csv", rows))
     assert "chess" in data.classes and data.summary["class_counts"]["chess"] == {"train": 1, "val": 0, "test": 0}
-    assert len(data.summary["warnings"]) == 1 and "'chess'" in data.summary["warnings"][0]
+    assert len(warnings_of(data)) == 1 and "'chess'" in warnings_of(data)[0]
     assert "warnings" not in load_dataset(write_csv(tmp_path / "ok.csv", make_text_rows(10))).summary
 
 
@@ -264,7 +269,7 @@ def test_a_file_separated_by_another_character_is_detected(tmp_path, sep, suffix
     data = load_dataset(write_csv(tmp_path / f"t.{suffix}", rows, sep=sep))
     assert data.summary["columns"] == {"text": "text", "label": "label"} and data.num_classes == 3
     expected = "tabs" if suffix == "tsv" else "commas"
-    assert data.summary["warnings"] == [f"t.{suffix} is separated by {name}, not {expected}; read it that way"]
+    assert warnings_of(data) == [f"t.{suffix} is separated by {name}, not {expected}; read it that way"]
 
 
 def test_semicolons_inside_a_comma_file_stay_text(tmp_path):
@@ -278,7 +283,7 @@ def test_nan_and_empty_labels_are_missing_with_a_warning(tmp_path):
     data = load_dataset(write_csv(tmp_path / "t.csv", rows))
     assert data.classes == ["food", "sports", "weather"]  # no class "nan"
     assert data.summary["dropped"]["missing_label"] == 3 and data.summary["examples_read"] == 63
-    assert data.summary["warnings"] == ["label column 'label': 3 row(s) with an empty or NaN label dropped as missing"]
+    assert warnings_of(data) == ["label column 'label': 3 row(s) with an empty or NaN label dropped as missing"]
     many = make_text_rows(10) + [(f"text {i}", "nan") for i in range(5)]
     with pytest.raises(DataError, match=r"5 of 35 rows have an empty text \(0\) or an empty/NaN label \(5\)"):
         load_dataset(write_csv(tmp_path / "many.csv", many))
@@ -300,7 +305,7 @@ def test_labels_that_differ_only_in_case_warn(tmp_path):
     rows = [(t, "Food" if y == "food" and i % 2 else y) for i, (t, y) in enumerate(rows)]
     data = load_dataset(write_csv(tmp_path / "t.csv", rows))
     assert data.classes == ["Food", "food", "sports", "weather"]  # still separate: the warning says so
-    assert data.summary["warnings"] == [("1 group(s) of labels differ only in case ('Food'/'food') and are trained "
+    assert warnings_of(data) == [("1 group(s) of labels differ only in case ('Food'/'food') and are trained "
                                          "as separate classes; rename them to one spelling if they are the same class")]
 
 
@@ -309,8 +314,8 @@ def test_class_folders_that_differ_only_in_case_warn(tmp_path):
     make_image_folder(root, n_per_class=6, classes=["Red"])  # grey pixels: other bytes than red/
     data = load_dataset(root)
     assert data.num_classes == 4
-    assert len(data.summary["warnings"]) == 1
-    assert "1 group(s) of class folders differ only in case ('Red'/'red')" in data.summary["warnings"][0]
+    assert len(warnings_of(data)) == 1
+    assert "1 group(s) of class folders differ only in case ('Red'/'red')" in warnings_of(data)[0]
 
 
 def test_a_numeric_label_column_with_many_values_is_regression_unless_told(tmp_path):
@@ -320,7 +325,7 @@ def test_a_numeric_label_column_with_many_values_is_regression_unless_told(tmp_p
     assert auto.task == "text-regression" and "25 distinct values" in auto.summary["task_reason"]
     data = load_dataset(path, task="text-classification")  # told: classes, with a warning that says how not to
     assert data.num_classes == 25
-    (warning,) = data.summary["warnings"]
+    (warning,) = warnings_of(data)
     assert warning.startswith("label column 'price': the labels look like a numeric target (25 distinct numbers)")
     assert "--task text-regression" in warning
     few = [(f"a review number {i}", str(i % 5 + 1)) for i in range(60)]  # star ratings: classes, no warning
@@ -342,5 +347,5 @@ def test_decompression_bombs_are_skipped_and_named(tmp_path, monkeypatch):
     assert not any("warns.png" in p or "raises.png" in p for p in data.train.inputs + data.val.inputs)
     examples = data.summary["dropped"]["unreadable_examples"]
     assert all("decompression bomb, skipped (Image size (" in e for e in examples), examples
-    (warning,) = data.summary["warnings"]
+    (warning,) = warnings_of(data)
     assert warning.startswith("2 unreadable image(s) skipped (") and "raises.png" in warning and "warns.png" in warning
