@@ -189,9 +189,16 @@ def fit_probe_trial(config: TrialConfig, data: LabeledData, workdir: Path, *, de
     from safetensors.torch import save_file
 
     from automl_ft.adapt import trainable_state
-    from automl_ft.tasks import load_task
-    from automl_ft.train import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, TrainOutcome, build_model, epoch_record, \
-        make_preprocess, seed_everything
+    from automl_ft.train import (
+        CONFIG_FILE,
+        HISTORY_FILE,
+        MODEL_FILE,
+        TrainOutcome,
+        build_model,
+        epoch_record,
+        make_preprocess,
+        seed_everything,
+    )
 
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -210,9 +217,8 @@ def fit_probe_trial(config: TrialConfig, data: LabeledData, workdir: Path, *, de
     write_head(backbone, fit)
     x_train = pooled_features(backbone, config, data.train.inputs, pre, caches, device).astype(np.float64)
     train_loss = float(task.metrics(x_train @ fit.weight.T + fit.bias, data.train.labels)["loss"])
-    scored = load_task(task.state_dict())
-    scored.calibrate(fit.val_logits, data.val.labels)
-    record = {**epoch_record(1, train_loss, fit.val_metrics, scored), "lr": 0.0,
+    # fit.val_metrics are already a calibrated copy's (fit_head); the record reads only the primary metric's name
+    record = {**epoch_record(1, train_loss, fit.val_metrics, task), "lr": 0.0,
               "probe_strength": fit.strength, "seconds": time.time() - started}
     save_file(trainable_state(backbone.model), str(workdir / MODEL_FILE))
     (workdir / HISTORY_FILE).write_text(json.dumps([record], indent=2) + "\n")

@@ -117,12 +117,6 @@ def export_run(run_dir: str | Path, *, trial: int | None = None, out: str | Path
         if not TrialArtifacts(store, study._storage, shared=shared).fetch_result(chosen, local):
             raise UsageError(f"trial {chosen.number} has no checkpoint here or in {desc}; export it where it ran")
     record = {**record, "commands": [*record.get("commands", []), format_command(argv or ["export", str(run_dir)])]}
-    if chosen.user_attrs.get("cv"):  # a cross-validated trial's checkpoint is one fold's: refit it on everything first
-        import torch
-
-        from automl_ft.search.crossval import refit_best
-
-        refit_best(chosen, data, local, device=torch.device("cpu"), caches=None, say=say)
     metrics = export_best(run, study, chosen, data, caches=None, record=record, url=url, space=None, started=None,
                           say=say, out_dir=out_dir)
     say(f"Exported trial {chosen.number} to {out_dir}: " + (
@@ -186,8 +180,13 @@ def search_summary(study: Any, best: Any, url: str, space: Any, started: float |
 
 
 def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, record: dict[str, Any], url: str,
-                space: Any, started: float | None, say: Say, out_dir: Path | None = None) -> dict[str, Any]:
-    """Export ``best`` into ``out_dir`` (default RUN_DIR/best) with its model card; returns metrics.json's content."""
+                space: Any, started: float | None, say: Say, out_dir: Path | None = None,
+                device: Any = None) -> dict[str, Any]:
+    """Export ``best`` into ``out_dir`` (default RUN_DIR/best) with its model card; returns metrics.json's content.
+
+    A cross-validated trial's checkpoint is one fold's: it is first refit on every labelled example (on ``device``,
+    default the CPU), once: ``refit.json`` marks a trial already refit.
+    """
     from automl_ft.card import write_model_card
     from automl_ft.export import export_trial
     from automl_ft.search.leaderboard import leaderboard, markdown_table, study_metric
@@ -197,6 +196,12 @@ def export_best(run: RunDir, study: Any, best: Any, data: Any, *, caches: Any, r
     if not (trial_dir / "model.safetensors").is_file():
         raise UsageError(f"trial {best.number} has no checkpoint in {trial_dir}; run export on the machine that "
                          "trained it or with --artifacts")
+    if best.user_attrs.get("cv"):
+        import torch
+
+        from automl_ft.search.crossval import refit_best
+
+        refit_best(best, data, trial_dir, device=device or torch.device("cpu"), caches=caches, say=say)
     search = search_summary(study, best, record.get("storage") or url, space, started)
     say(f"Evaluating trial {best.number} on the test split and exporting to ONNX ..." if len(data.test) else
         f"Exporting trial {best.number} to ONNX (no test split to evaluate on) ...")

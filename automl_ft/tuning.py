@@ -365,12 +365,8 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         if not (local / "model.safetensors").is_file() and not artifacts.fetch_result(best, local):
             raise SearchFailedError(f"Trial {best.number}'s checkpoint is neither here nor in the artifact store "
                                     f"({store_desc}); run automl-ft export on the machine that trained it.")
-        if cv is not None:
-            from automl_ft.search.crossval import refit_best
-
-            refit_best(best, data, local, device=device, caches=caches, say=say)
         summary = export_best(run, study, best, data, caches=caches, record=record, url=url, space=space,
-                              started=started, say=say)
+                              started=started, say=say, device=device)
         if opts.int8 and not len(data.test):
             say("--int8 skipped: no test split to check the INT8 model's accuracy on.")
         elif opts.int8:

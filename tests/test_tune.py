@@ -108,8 +108,9 @@ def _tune_process(run: Path, data: Path, space: Path, trials: int) -> subprocess
     # --cv off: these tests interrupt a trial between epochs and resume it there; a cross-validated trial (600 rows
     # would be one) restarts its folds instead
     return subprocess.Popen([sys.executable, "-m", "automl_ft", "tune", str(data), "--out", str(run), "--space",
-                             str(space), "--trials", str(trials), "--cv", "off"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             str(space), "--trials", str(trials), "--cv", "off"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

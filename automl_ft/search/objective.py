@@ -26,12 +26,21 @@ import torch
 from automl_ft.config import TrialConfig
 from automl_ft.data import LabeledData
 from automl_ft.metrics import format_metric
-from automl_ft.train import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, RESUME_META, Caches, TrainingDiverged, \
-    TrainOutcome, clean_resume_point, fit
+from automl_ft.train import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RESUME_META,
+    Caches,
+    TrainingDiverged,
+    TrainOutcome,
+    clean_resume_point,
+    fit,
+)
 
 from .crossval import CVPlan, fold_data
-from .schedule import fit_to_data
 from .pruners import BaselinePruner
+from .schedule import fit_to_data
 from .space import SearchSpace
 from .study import worker_identity
 
@@ -233,8 +242,9 @@ class Objective:
         grids = [h.get("probe_scores") for h in history]
         if all(grids) and len({tuple(g) for g in grids}) == 1:
             # a probe: its strength is picked by the folds' mean (as LogisticRegressionCV picks C), not fold by fold,
-            # and the refit uses it (ties: the strongest regularisation, as in probe.fit_head). 16 SMS messages per class: fold-by-fold choices refit to 90.2 % on 1,000
-            # held-out messages, below a LogisticRegressionCV probe's 92.0 %.
+            # and the refit uses it (ties: the strongest regularisation, as in probe.fit_head). 16 SMS messages per
+            # class: fold-by-fold choices refit to 90.2 % on 1,000 held-out messages, below a LogisticRegressionCV
+            # probe's 92.0 %.
             task = self.data.fitted_task()
             means = {k: (float(np.mean([g[k][0] for g in grids])), float(np.mean([g[k][1] for g in grids])))
                      for k in grids[0]}
