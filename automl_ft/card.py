@@ -132,11 +132,17 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
     for key in ("backbone", "adaptation", "freeze_depth", "lora_rank", "lora_alpha", "lora_dropout", "lr",
                 "head_lr_scale", "weight_decay", "label_smoothing", "dropout", "batch_size", "grad_accumulation",
                 "epochs", "warmup_ratio", "max_grad_norm", "patience", "max_length", "image_size", "augment", "loss",
-                "imbalance", "head_init", "seed"):
+                "imbalance", "head_init", "setfit_iterations", "probe_strength", "seed"):
         if key.startswith("lora_") and config.get("adaptation") != "lora":
             continue
+        if key == "setfit_iterations" and config.get("adaptation") != "setfit":
+            continue
+        if config.get("adaptation") == "setfit" and key in ("epochs", "patience", "head_init", "head_lr_scale",
+                                                            "label_smoothing"):
+            continue  # one pass over its pairs; the head fitted in closed form
         if config.get("adaptation") == "probe" and key not in ("backbone", "adaptation", "freeze_depth",
-                                                               "max_length", "image_size", "imbalance", "seed"):
+                                                               "max_length", "image_size", "imbalance",
+                                                               "probe_strength", "seed"):
             continue  # the probe's head is fitted in closed form: no optimiser settings to report
         if config.get(key) is not None:
             v = config[key]

@@ -14,7 +14,9 @@ from typing import Any
 from automl_ft.modalities.image import AUGMENTS  # noqa: F401  (re-exported: the search space validates with it)
 
 IMBALANCE = ("none", "weighted", "sampler")
-ADAPTATIONS = ("full", "lora", "probe")  # probe: every block frozen, the head fitted in closed form (probe.py)
+# probe: every block frozen, the head fitted in closed form (probe.py); setfit: the body tuned on contrastive pairs,
+# then the probe's head fitted on it (setfit.py)
+ADAPTATIONS = ("full", "lora", "probe", "setfit")
 HEAD_INITS = ("random", "probe")  # probe: linear-probe-then-fine-tune
 
 
@@ -52,6 +54,8 @@ class TrialConfig:
     head_init: str = "random"
     # the probe's regularisation when fixed (a cross-validated refit: the folds' median); None: picked on val
     probe_strength: float | None = None
+    # setfit: rounds of pair sampling (each round pairs every example with one of its class and one of another)
+    setfit_iterations: int = 20
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,8 @@ class TrialConfig:
             self.lora_alpha = float(self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank)
             if not 0.0 <= self.lora_dropout < 1.0:
                 raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.setfit_iterations < 1:
+            raise ValueError(f"setfit_iterations must be >= 1, got {self.setfit_iterations}")
         if self.freeze_depth < 0:
             raise ValueError(f"freeze_depth must be >= 0, got {self.freeze_depth}")
         if not self.lr > 0:

@@ -117,11 +117,13 @@ def build_model(config: TrialConfig, *, backend: str = "auto") -> tuple[Backbone
         want = "a segmentation model (<decoder>:<encoder>, e.g. unet:efficientnet-lite0)" if not backbone.dense \
             else "a classifier backbone (efficientnet-lite0, a timm model)"
         raise BackboneError(f"backbone {config.backbone!r} does not fit a {config.task} task; use {want}")
-    # the probe freezes everything but the head: full fine-tuning of nothing below it
+    # the probe freezes everything but the head: full fine-tuning of nothing below it; setfit tunes the body as
+    # a full fine-tune does (on pairs instead of labels)
     probe = config.adaptation == "probe"
     summary = apply_adaptation(backbone, freeze_depth=backbone.num_blocks if probe else min(config.freeze_depth,
                                                                                               backbone.num_blocks),
-                               adaptation="full" if probe else config.adaptation, lora_rank=config.lora_rank or 8,
+                               adaptation="full" if probe or config.adaptation == "setfit" else config.adaptation,
+                               lora_rank=config.lora_rank or 8,
                                lora_alpha=config.lora_alpha or 16.0, lora_dropout=config.lora_dropout,
                                backend=backend)
     return backbone, summary.as_dict()
@@ -260,6 +262,10 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         from automl_ft.probe import fit_probe_trial
 
         return fit_probe_trial(config, data, workdir, device=device, caches=caches, backend=backend)
+    if config.adaptation == "setfit":
+        from automl_ft.setfit import fit_setfit_trial
+
+        return fit_setfit_trial(config, data, workdir, device=device, caches=caches, backend=backend)
     workdir.mkdir(parents=True, exist_ok=True)
     config.save(workdir / CONFIG_FILE)
     seed_everything(config.seed)

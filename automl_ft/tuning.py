@@ -230,6 +230,7 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
             space = load_space(space_file, data.task, backbones=opts.backbones,
                                trust_remote_code=opts.trust_remote_code)
         cv = plan_for(data, opts.seed) if opts.cv == "auto" else None
+        space.limit_to_data(len(data.train) + len(data.val), data.fitted_task().one_class_per_example)
         study_name = opts.study or default_study_name(data.source if not demo else DEMO_NAME, data.fingerprint) + (
             "-latency" if opts.multi_objective else "")
         identity = {"task": data.task, "data_fingerprint": data.fingerprint, "study": study_name,
@@ -282,7 +283,10 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     first = space.first_trial_params()
     # the probe first (seconds, and the floor of the search), then the known-good fine-tune when the budget has room
     probe = space.probe_config(data.task, task, opts.seed) is not None
-    enqueue_first_trial(storage, study, first if not probe or opts.trials > 1 else None, probe=probe)
+    # on small data, SetFit next: the method made for a handful of examples, tried even in a 3-trial study
+    setfit = space.setfit_trial_params() if cv is not None and opts.trials > 2 else None
+    enqueue_first_trial(storage, study, first if not probe or opts.trials > 1 else None, probe=probe,
+                        then=[setfit] if setfit else [])
 
     done = count_done(study)
     remaining = max(0, opts.trials - done)

@@ -37,6 +37,8 @@ def trial_row(t: optuna.trial.FrozenTrial, maximize: bool = True) -> dict[str, A
     adaptation = cfg.get("adaptation", "?")
     if adaptation == "lora":
         adaptation = f"lora r{cfg.get('lora_rank')}"
+    if adaptation == "setfit":
+        adaptation = f"setfit x{cfg.get('setfit_iterations')}"  # rounds of contrastive pairs
     if cfg.get("head_init") == "probe":
         adaptation += " lp-ft"  # the head started at the probe's fit
     probe = adaptation == "probe"

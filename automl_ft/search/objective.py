@@ -60,6 +60,9 @@ def describe(config: TrialConfig) -> str:
     extra = get_modality(config.modality).describe(config)
     if config.adaptation == "probe":
         return f"{config.backbone} probe (frozen features + linear head) {extra}"
+    if config.adaptation == "setfit":
+        return (f"{config.backbone} setfit (contrastive pairs x{config.setfit_iterations}, then the probe's head) "
+                f"freeze {config.freeze_depth} lr {config.lr:.2g} bs {config.batch_size} {extra}")
     ad = config.adaptation if config.adaptation == "full" else f"lora r{config.lora_rank}"
     ad += " lp-ft" if config.head_init == "probe" else ""
     choices = "".join(f" {v}" for v in (config.loss, config.imbalance) if v and v != "none")

@@ -21,7 +21,7 @@ MAX_EPOCHS = 60
 
 def fit_to_data(config: TrialConfig, n_train: int) -> TrialConfig:
     """``config`` with batch size, epochs and patience scaled so that training takes at least MIN_STEPS steps."""
-    if config.adaptation == "probe" or n_train < 1:
+    if config.adaptation in ("probe", "setfit") or n_train < 1:  # no epochs: closed form / one pass over pairs
         return config
     steps = math.ceil(n_train / config.batch_size) * config.epochs
     if steps >= MIN_STEPS:

@@ -48,7 +48,8 @@ TOP_KEYS = {"task", "backbones", "backbone_defaults", "adaptation", "training", 
             "description", "probe"}
 BACKBONE_KEYS = {"freeze_depth", "max_length", "image_size", "augment", "options"}
 BACKBONE_OPTION_KEYS = {"pretrained", "weights", "pooling", "drop_path", "trust_remote_code"}
-ADAPTATION_KEYS = {"full": {"lr"}, "lora": {"rank", "alpha", "dropout", "lr"}}
+ADAPTATION_KEYS = {"full": {"lr"}, "lora": {"rank", "alpha", "dropout", "lr"},
+                   "setfit": {"lr", "iterations", "max_examples"}}
 TRAINING_KEYS = {"weight_decay", "anchor_decay", "label_smoothing", "dropout", "batch_size", "epochs",
                  "warmup_ratio", "max_grad_norm", "patience", "head_lr_scale", "head_init"}
 SAMPLER_KEYS = {"type", "n_startup_trials", "multivariate", "constant_liar", "seed_offset"}
@@ -366,11 +367,11 @@ class SearchSpace:
         if raw is None:
             raw = {"full": {"lr": 5e-5}}
         if not isinstance(raw, dict) or not raw:
-            raise ctx.fail("adaptation", "must map full and/or lora to their settings")
+            raise ctx.fail("adaptation", "must map full, lora and/or setfit to their settings")
         out: dict[str, dict[str, Param]] = {}
         for kind, settings in raw.items():
             if kind not in ADAPTATION_KEYS:
-                raise ctx.fail(f"adaptation.{kind}", "unknown adaptation; use full or lora")
+                raise ctx.fail(f"adaptation.{kind}", "unknown adaptation; use full, lora or setfit")
             settings = settings or {}
             if not isinstance(settings, dict):
                 raise ctx.fail(f"adaptation.{kind}", "must be a mapping")
@@ -387,6 +388,13 @@ class SearchSpace:
                                     high=4096)
                 p["dropout"] = _param(ctx, "adaptation.lora.dropout", settings.get("dropout", 0.0), kind="float",
                                       low=0.0, high=0.9)
+            if kind == "setfit":
+                p["iterations"] = _param(ctx, "adaptation.setfit.iterations", settings.get("iterations", 20),
+                                         kind="int", low=1, high=100)
+                p["max_examples"] = _param(ctx, "adaptation.setfit.max_examples",
+                                           settings.get("max_examples", 1000), kind="int", low=4, high=10**7)
+                if p["max_examples"].kind != "fixed":
+                    raise ctx.fail("adaptation.setfit.max_examples", "must be one number, not a range")
             out[kind] = p
         return out
 
@@ -489,6 +497,8 @@ class SearchSpace:
             "seed": seed,
             "backbone_options": dict(bb.options),
         }
+        if adaptation == "setfit":
+            values["setfit_iterations"] = int(ad["iterations"].sample(trial, "setfit.iterations"))
         if adaptation == "lora":
             values["lora_rank"] = int(ad["rank"].sample(trial, "lora.rank"))
             values["lora_alpha"] = float(ad["alpha"].sample(trial, "lora.alpha"))
@@ -509,6 +519,8 @@ class SearchSpace:
             values[key] = int(v) if param.kind == "int" or key in ("batch_size", "epochs", "patience") else float(v)
         if values["max_grad_norm"] == 0:
             values["max_grad_norm"] = None
+        if adaptation == "setfit":  # one pass over its pairs, the head fitted in closed form
+            values.update(epochs=1, head_init="random")
         losses = task.loss_choices()
         if len(losses) > 1:
             values["loss"] = str(trial.suggest_categorical("task.loss", losses))
@@ -574,6 +586,40 @@ class SearchSpace:
         put(f"{bb_name}.augment", bb.augment, "augment")
         for key, param in self.training.items():
             put(key, param, key)
+        return params
+
+    def limit_to_data(self, n: int, single_label: bool) -> list[str]:
+        """Drop the adaptations the data cannot use: those whose ``max_examples`` is below its ``n`` labelled
+        examples (SetFit's pairs pay off on a handful of examples and cost more than they return on thousands),
+        and SetFit unless each example has one class. Never the last adaptation. Returns the dropped names."""
+        dropped = []
+        for kind in list(self.adaptation):
+            cap = self.adaptation[kind].get("max_examples")
+            unfit = (cap is not None and n > int(cap.value)) or (kind == "setfit" and not single_label)
+            if unfit and len(self.adaptation) > 1:
+                del self.adaptation[kind]
+                dropped.append(kind)
+        return dropped
+
+    def setfit_trial_params(self) -> dict[str, Any] | None:
+        """A SetFit trial with SetFit's own defaults (lr 2e-5, 20 rounds of pairs, batch 16 where the space allows
+        them) on top of ``first_trial``'s other settings, or None where the space has no setfit adaptation.
+        Queued after the first trial on small data, so a 3-trial study tries the method made for it."""
+        if "setfit" not in self.adaptation:
+            return None
+        params = {k: v for k, v in (self.first_trial_params() or {}).items()
+                  if not k.startswith(tuple(f"{kind}." for kind in self.adaptation)) and k != "head_init"}
+        if len(self.adaptation) > 1:
+            params["adaptation"] = "setfit"
+        ad = self.adaptation["setfit"]
+        for name, param, want in (("setfit.lr", ad["lr"], 2e-5), ("setfit.iterations", ad["iterations"], 20),
+                                  ("batch_size", self.training.get("batch_size"), 16)):
+            if param is None or param.kind == "fixed":
+                continue
+            if param.contains(want):
+                params[name] = want
+            elif param.kind in ("int", "float"):
+                params[name] = type(want)(min(max(want, param.low), param.high))
         return params
 
     def fingerprint(self) -> str:

@@ -261,9 +261,10 @@ def claim(storage: Any, study: optuna.Study, key: str, worker: dict[str, Any]) -
 
 
 def enqueue_first_trial(storage: Any, study: optuna.Study, params: dict[str, Any] | None, *,
-                        probe: bool = False) -> bool:
+                        probe: bool = False, then: list[dict[str, Any]] | None = None) -> bool:
     """Queue the space's known-good ``first_trial`` in a new study, once however many workers start together;
-    with ``probe``, the frozen-feature probe before it (user attribute ``origin: probe``, no parameters).
+    with ``probe``, the frozen-feature probe before it (user attribute ``origin: probe``, no parameters); the
+    ``then`` configurations after it (``origin: queued``).
 
     Checking that the study is empty and then enqueueing (even with ``skip_if_exists``) is a race: two workers
     started together both see no trials and both enqueue, so the study trains the same configuration twice.
@@ -277,6 +278,8 @@ def enqueue_first_trial(storage: Any, study: optuna.Study, params: dict[str, Any
         study.enqueue_trial({}, user_attrs={"origin": "probe"})
     if params:
         study.enqueue_trial(params, user_attrs={"origin": "first_trial"})
+    for more in then or []:
+        study.enqueue_trial(more, user_attrs={"origin": "queued"})
     return True
 
 

@@ -144,6 +144,9 @@ class Task(abc.ABC):
     #: whether a target is a map over the input's pixels (segmentation): the modality then transforms input and
     #: target together, and the model family is a dense one (logits ``[B, C, H, W]``)
     spatial_targets: ClassVar[bool] = False
+    #: whether each example's label is one class, so that two examples form a same-class or an other-class pair
+    #: (SetFit's contrastive pairs, setfit.py)
+    one_class_per_example: ClassVar[bool] = False
     #: the input modalities the task makes sense on (segmentation: images only)
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")
 

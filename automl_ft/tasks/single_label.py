@@ -59,6 +59,7 @@ class SingleLabel(Task):
     output_doc = ("one score per class, in `labels.json` order; their softmax is the class probabilities and the "
                   "highest is the label")
     detect_priority = 100  # the fallback: any labels can be classes
+    one_class_per_example = True
 
     def __init__(self, classes: list[str], train_counts: list[int] | None = None,
                  primary_metric: str = "accuracy", imbalanced: bool = False):

@@ -27,10 +27,14 @@ def test_default_spaces_load_and_sample(task):
         assert bb.freeze_depth.low <= cfg.freeze_depth <= bb.freeze_depth.high
         if cfg.adaptation == "lora":
             assert cfg.lora_rank in (8, 16, 32) and "lora.rank" in trial.params and "full.lr" not in trial.params
+        elif cfg.adaptation == "setfit":  # one pass over contrastive pairs, then a closed-form head
+            assert cfg.setfit_iterations in (10, 20) and cfg.epochs == 1 and "setfit.lr" in trial.params
+            assert cfg.lora_rank is None and "full.lr" not in trial.params
         else:
             assert cfg.lora_rank is None and "lora.rank" not in trial.params and "full.lr" in trial.params
         study.tell(trial, 0.5)
-    assert seen == {"full", "lora"}
+    # text offers SetFit (on up to 1,000 labelled examples: tuning drops it above, SearchSpace.limit_to_data)
+    assert seen == ({"full", "lora", "setfit"} if task == TEXT else {"full", "lora"})
 
 
 @pytest.mark.parametrize("task", [TEXT, IMAGE])
