@@ -272,7 +272,7 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     everything = data.train.labels + data.val.labels
     pruner = make_pruner(space, multi_objective=opts.multi_objective,
                          baseline=task.baseline(data.train.labels, data.val.labels) if cv is None else
-                         task.baseline(everything, everything), direction=task.direction)
+                         task.baseline(everything, everything), direction=task.direction, cv=cv)
     directions = (task.direction, "minimize") if opts.multi_objective else (task.direction,)
     study = open_study(storage, study_name, sampler, pruner, url, directions)
     if not study.metric_names:

@@ -86,3 +86,31 @@ def test_ordinary_data_and_the_probe_keep_their_schedule():
     probe = TrialConfig(task="text-classification", backbone="minilm-l6", num_classes=2, adaptation="probe",
                         max_length=64)
     assert fit_to_data(probe, 10) == probe
+
+
+@pytest.mark.parametrize("kind", ["hyperband", "successive_halving", "median"])
+def test_a_cross_validated_trial_is_pruned_only_after_a_whole_k_fold_pass(kind):
+    """Steps are folds: a trial far below the others on its first folds (5 validation examples each) is left to
+    finish one pass over the data; after it, the median pruner stops it."""
+    import optuna
+
+    from automl_ft.search.crossval import CVPlan
+    from automl_ft.search.space import load_space
+    from automl_ft.search.study import make_pruner
+
+    space = load_space(None, "text-classification")
+    space.pruner = {"type": kind, "min_resource": 1, "n_startup_trials": 1}
+    plan = CVPlan(folds=3, repeats=3, seed=0, examples=16, reason="test")
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(space, baseline=0.5, cv=plan))
+    for _ in range(3):
+        good = study.ask()
+        for step in range(1, plan.fits + 1):
+            good.report(1.0, step)
+        study.tell(good, 1.0)
+    weak = study.ask()
+    for step in range(1, plan.folds):
+        weak.report(0.1, step)
+        assert not weak.should_prune(), f"{kind} pruned at fold {step} of a {plan.folds}-fold pass"
+    weak.report(0.1, plan.folds)
+    if kind == "median":
+        assert weak.should_prune()
