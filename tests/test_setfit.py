@@ -89,31 +89,32 @@ def test_the_space_offers_setfit_on_small_single_label_data_only(tiny_text_space
         load_space(tiny_text_space, "text-classification")
 
 
-def test_tiny_data_study_runs_setfit_third_and_exports_it(tmp_path, tiny_text_space):
-    """16 examples: the probe, first_trial, then the queued SetFit trial, cross-validated (its head's strength
-    picked by the folds' mean); forcing it to be the best, it is refit, exported to ONNX and predicted."""
+def test_a_tiny_data_setfit_study_is_cross_validated_refit_exported_and_predicted(tmp_path, tiny_text_space):
+    """18 examples, a space of SetFit alone: each trial cross-validated (its head's strength picked by the folds'
+    mean), the best refit on all 18 with that strength, exported to ONNX (checked against PyTorch), carded and
+    predicted like any other trial."""
     from automl_ft.api import load, tune
     from tests.conftest import make_text_rows, write_csv
 
     data = write_csv(tmp_path / "texts.csv", make_text_rows(6))
-    space = tiny_text_space.read_text().replace("probe: false", "probe: true").replace(
-        "training:", "  setfit: {lr: 3.0e-3, iterations: 2}\ntraining:")
-    # only SetFit and the probe: the best trial is one of them, and a SetFit one where it beats the probe
-    space = space.replace("  full: {lr: {low: 1.0e-3, high: 3.0e-3, log: true}}\n", "").replace(
-        "  lora: {rank: [2, 4], alpha: [8], dropout: 0.0, lr: {low: 3.0e-3, high: 1.0e-2, log: true}}\n", "")
+    space = tiny_text_space.read_text().replace(
+        "  full: {lr: {low: 1.0e-3, high: 3.0e-3, log: true}}\n", "").replace(
+        "  lora: {rank: [2, 4], alpha: [8], dropout: 0.0, lr: {low: 3.0e-3, high: 1.0e-2, log: true}}\n",
+        "  setfit: {lr: 3.0e-3, iterations: 2}\n")
+    assert "setfit" in space and "full:" not in space
     tiny_text_space.write_text(space)
-    result = tune(data, tmp_path / "run", trials=2, space=str(tiny_text_space), seed=0)
-    trials = sorted(result.study.get_trials(), key=lambda t: t.number)
-    assert [t.user_attrs["config"]["adaptation"] for t in trials] == ["probe", "setfit"]
-    setfit = trials[1]
-    assert setfit.state.name == "COMPLETE" and setfit.user_attrs["cv"]["folds_done"] >= 6
-    assert setfit.user_attrs["adaptation"]["setfit"]["steps"] > 0
-    assert len(set(setfit.user_attrs["cv_probe_strengths"])) == 1  # one strength, by the folds' mean
+    result = tune(data, tmp_path / "run", trials=1, space=str(tiny_text_space), seed=0)
+    trial = result.study.get_trials()[0]
+    assert trial.user_attrs["config"]["adaptation"] == "setfit" and trial.state.name == "COMPLETE"
+    assert trial.user_attrs["cv"]["folds_done"] >= 6
+    assert trial.user_attrs["adaptation"]["setfit"]["steps"] > 0
+    strengths = trial.user_attrs["cv_probe_strengths"]
+    assert len(strengths) == 1  # one strength, by the folds' mean
+    refit = json.loads((result.run_dir / "trials" / "0000" / "refit.json").read_text())
+    assert refit["examples"] == 18 and refit["probe_strength"] == strengths[0]
     metrics = json.loads((result.model_dir / "metrics.json").read_text())
     assert metrics["onnx"]["prediction_agreement"] == 1.0
-    if result.best_trial == 1:
-        refit = json.loads((result.run_dir / "trials" / "0001" / "refit.json").read_text())
-        assert refit["examples"] == 18 and refit["probe_strength"] == setfit.user_attrs["cv_probe_strengths"][0]
-        assert "setfit_iterations" in (result.model_dir / "model_card.md").read_text()
+    card = (result.model_dir / "model_card.md").read_text()
+    assert "| adaptation | setfit |" in card and "| setfit_iterations | 2 |" in card
     out = load(result.model_dir).predict(["great product, works well", "terrible, broke after a day"])
     assert len(out) == 2
