@@ -123,6 +123,7 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
         f"- Split: {data_summary.get('split')}; sizes "
         + ", ".join(f"{k} {v}" for k, v in data_summary.get("split_sizes", {}).items()),
         *(f"- Warning: {w}" for w in data_summary.get("warnings", [])),
+        *([f"- Augmentation: {data_summary['mirroring']['note']}"] if data_summary.get("mirroring") else []),
         "",
         "## Chosen configuration",
         "",

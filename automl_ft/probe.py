@@ -76,8 +76,9 @@ def head_module(backbone: Backbone) -> Any:
 
 
 def pooled_features(backbone: Backbone, config: TrialConfig, inputs: Sequence[str], pre: Any, caches: Any,
-                    device: torch.device) -> np.ndarray:
-    """What the head sees for each input ([n, d] float32, eval mode), from the cache or computed now."""
+                    device: torch.device, *, mirrored: bool = False) -> np.ndarray:
+    """What the head sees for each input ([n, d] float32, eval mode), from the cache or computed now;
+    ``mirrored``: of each input mirrored left-right (images; search/mirror.py)."""
     import torch
 
     from automl_ft.modalities import get_modality
@@ -85,11 +86,12 @@ def pooled_features(backbone: Backbone, config: TrialConfig, inputs: Sequence[st
 
     head = head_module(backbone)
     model = backbone.model
+    modality = get_modality(config.modality)
 
     def compute(todo: list[str]) -> np.ndarray:
         seen: list[torch.Tensor] = []
         hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().float().cpu()))
-        batches = get_modality(config.modality).make_batches(
+        batches = modality.make_batches(
             config, todo, np.zeros(len(todo), dtype=np.float32), pre, caches, train=False, batch_size=FEATURE_BATCH)
         out = np.zeros((len(todo), head.in_features), dtype=np.float32)
         was_training = model.training
@@ -98,6 +100,8 @@ def pooled_features(backbone: Backbone, config: TrialConfig, inputs: Sequence[st
             with torch.inference_mode():
                 for x, _, idx in batches:
                     seen.clear()
+                    if mirrored:
+                        x = modality.mirror(x)
                     with _autocast(device):
                         model(**{k: v.to(device, non_blocking=True) for k, v in x.items()})
                     out[idx] = seen[0].numpy()
@@ -106,7 +110,9 @@ def pooled_features(backbone: Backbone, config: TrialConfig, inputs: Sequence[st
             model.train(was_training)
         return out
 
-    return caches.features.get(feature_key(config), list(inputs), compute)
+    if mirrored and not modality.can_mirror:
+        raise ValueError(f"{config.modality} inputs cannot be mirrored")
+    return caches.features.get(feature_key(config) + (("mirrored",) if mirrored else ()), list(inputs), compute)
 
 
 @dataclass

@@ -158,6 +158,8 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     from automl_ft.runs import export_best, exported_metrics
     from automl_ft.search.artifacts import TrialArtifacts, check_artifacts_option, make_artifact_store
     from automl_ft.search.crossval import plan_for
+    from automl_ft.search.mirror import check_mirroring
+    from automl_ft.search.mirror import describe as describe_mirroring
     from automl_ft.search.objective import Objective, TrialFailed
     from automl_ft.search.progress import SearchProgress
     from automl_ft.search.space import load_space
@@ -280,6 +282,16 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     retried = recover_interrupted(study, storage)
     if retried:
         say(f"Resuming: retrying interrupted trial(s) {', '.join(map(str, retried))} from their last finished epoch.")
+    caches = Caches()
+    caches.prefix.enabled = opts.prefix_cache
+    if count_done(study) < opts.trials:
+        # before the first trial is queued: its augmentation may be one that mirrors
+        mirroring = check_mirroring(space, data, cv, device=device, caches=caches, seed=opts.seed)
+        if mirroring is not None:
+            if not mirroring["kept"]:
+                space.without_mirroring()
+            data.summary["mirroring"] = {**mirroring, "note": describe_mirroring(mirroring)}
+            write_json(run.data_summary, data.summary)
     first = space.first_trial_params()
     # the probe first (seconds, and the floor of the search), then the known-good fine-tune when the budget has room
     probe = space.probe_config(data.task, task, opts.seed) is not None
@@ -307,9 +319,9 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
             f"; to override, pass --task {' or '.join(others)}." if others else "."))
     for warning in data.summary.get("warnings", []):
         say(f"Warning: {warning}.")
+    if "mirroring" in data.summary:
+        say(data.summary["mirroring"]["note"])
     deadline = started + opts.timeout if opts.timeout else None
-    caches = Caches()
-    caches.prefix.enabled = opts.prefix_cache
     timed_out = False
     if remaining:
         progress = SearchProgress(study, opts.trials, live=False if quiet else opts.live, quiet=quiet,

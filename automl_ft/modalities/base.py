@@ -37,6 +37,13 @@ class Modality(abc.ABC):
         replacement in proportion to them (the balanced sampler). ``spatial``: each target is a map over the
         input (a mask file, :attr:`Task.spatial_targets`), transformed together with it."""
 
+    #: whether :meth:`mirror` applies (images: a horizontal flip; text has no such thing)
+    can_mirror: ClassVar[bool] = False
+
+    def mirror(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A model-input batch mirrored left-right: what a horizontal-flip augmentation shows the model."""
+        raise NotImplementedError(f"{self.name} inputs cannot be mirrored")
+
     @abc.abstractmethod
     def onnx_example(self, config: TrialConfig) -> tuple[tuple[Any, ...], dict[str, dict[int, Any]],
                                                           dict[str, dict[int, str]]]:

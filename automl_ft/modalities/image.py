@@ -56,6 +56,13 @@ class ImageModality(Modality):
         return ImageBatches(inputs, targets, pre, batch_size, augment=config.augment if train else None,
                             shuffle=train, cache=caches.images, seed=config.seed, weights=weights)
 
+    can_mirror = True
+
+    def mirror(self, inputs):
+        # the eval transform's resize and centre crop are left-right symmetric: mirroring after them is mirroring
+        # the image
+        return {**inputs, "pixel_values": inputs["pixel_values"].flip(-1)}
+
     def onnx_example(self, config):
         import torch
 

@@ -48,6 +48,8 @@ TOP_KEYS = {"task", "backbones", "backbone_defaults", "adaptation", "training", 
             "description", "probe"}
 BACKBONE_KEYS = {"freeze_depth", "max_length", "image_size", "augment", "options"}
 BACKBONE_OPTION_KEYS = {"pretrained", "weights", "pooling", "drop_path", "trust_remote_code"}
+# augmentations that flip training images left-right half the time (loaders.py)
+MIRRORING = ("crop-flip", "randaugment")
 ADAPTATION_KEYS = {"full": {"lr"}, "lora": {"rank", "alpha", "dropout", "lr"},
                    "setfit": {"lr", "iterations", "max_examples"}}
 TRAINING_KEYS = {"weight_decay", "anchor_decay", "label_smoothing", "dropout", "batch_size", "epochs",
@@ -587,6 +589,33 @@ class SearchSpace:
         for key, param in self.training.items():
             put(key, param, key)
         return params
+
+    def mirrors(self) -> bool:
+        """Whether some trial of the space may flip its training images left-right."""
+        return any(bb.augment is not None and any(
+            a in MIRRORING for a in ((bb.augment.value,) if bb.augment.kind == "fixed" else bb.augment.choices))
+            for bb in self.backbones.values())
+
+    def without_mirroring(self) -> list[str]:
+        """Replace the augmentations that flip images by ``crop`` (search/mirror.py: data whose labels a mirror
+        changes). Returns the backbones changed."""
+        from dataclasses import replace
+
+        changed = []
+        for name, bb in self.backbones.items():
+            aug = bb.augment
+            if aug is None:
+                continue
+            choices = (aug.value,) if aug.kind == "fixed" else aug.choices
+            keep = tuple(dict.fromkeys("crop" if a in MIRRORING else a for a in choices))
+            if keep == tuple(choices):
+                continue
+            new = Param("categorical", choices=keep) if len(keep) > 1 else Param("fixed", value=keep[0])
+            self.backbones[name] = replace(bb, augment=new)
+            changed.append(name)
+        if self.first_trial.get("augment") in MIRRORING:
+            self.first_trial["augment"] = "crop"
+        return changed
 
     def limit_to_data(self, n: int, single_label: bool) -> list[str]:
         """Drop the adaptations the data cannot use: those whose ``max_examples`` is below its ``n`` labelled
