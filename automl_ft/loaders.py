@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from automl_ft.modalities.text import TEXT_AUGMENTS
 from automl_ft.preprocess import ImagePreprocess, TextPreprocess
 
 # Buckets of this many batches are sorted by length before batching: batches stay random across buckets but
@@ -50,6 +51,29 @@ def draw_order(n: int, rng: random.Random, weights: np.ndarray | None) -> list[i
     return order
 
 
+# Cheap label-preserving perturbations of a training text (TEXT_AUGMENTS), redrawn every epoch (issue 16: augmentation
+# for text on few examples). On token ids, so the tokenization cache still serves; the first and last ids ([CLS],
+# [SEP]) stay.
+TOKEN_DROPOUT = 0.1  # each inner token dropped with this probability (word dropout as in EDA, Wei & Zou 2019)
+SPAN_DROP = 0.15  # one contiguous span of this share of the inner tokens removed
+
+
+def perturb_tokens(ids: list[int], augment: str, rng: random.Random) -> list[int]:
+    """``ids`` with ``augment`` applied (a new list; texts of under 4 inner tokens are left as they are)."""
+    inner = ids[1:-1]
+    if len(inner) < 4:
+        return list(ids)
+    if augment == "token-dropout":
+        kept = [t for t in inner if rng.random() >= TOKEN_DROPOUT] or [rng.choice(inner)]
+    elif augment == "span-drop":
+        width = max(1, round(SPAN_DROP * len(inner)))
+        start = rng.randrange(len(inner) - width + 1)
+        kept = inner[:start] + inner[start + width:]
+    else:
+        raise ValueError(f"unknown text augmentation {augment!r}")
+    return [ids[0], *kept, ids[-1]]
+
+
 class TextBatches:
     """Batches of ``{"input_ids", "attention_mask"}`` torch tensors and training targets.
 
@@ -58,7 +82,10 @@ class TextBatches:
     """
 
     def __init__(self, ids: list[list[int]], targets: np.ndarray | Sequence, pre: TextPreprocess, batch_size: int, *,
-                 shuffle: bool, seed: int = 0, weights: np.ndarray | None = None):
+                 shuffle: bool, seed: int = 0, weights: np.ndarray | None = None, augment: str | None = None):
+        if augment not in (None, *TEXT_AUGMENTS):
+            raise ValueError(f"text augment must be one of {TEXT_AUGMENTS}, got {augment!r}")
+        self.augment = None if augment == "none" else augment
         self.ids = ids
         self.targets = np.asarray(targets)
         self.pre = pre
@@ -91,8 +118,12 @@ class TextBatches:
         return batches
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch + 1)
         for idx in self._order():
-            arrays = self.pre.pad([self.ids[i] for i in idx])
+            rows = [self.ids[i] for i in idx]
+            if self.augment is not None:
+                rows = [perturb_tokens(r, self.augment, rng) for r in rows]
+            arrays = self.pre.pad(rows)
             inputs = {k: torch.from_numpy(v) for k, v in arrays.items()}
             yield inputs, torch.from_numpy(self.targets[idx]), idx
 

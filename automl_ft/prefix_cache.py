@@ -12,7 +12,8 @@ Padding is the one difference: a batch pads to its longest text, and the cache h
 positions enter layer k as zeros instead of what the frozen layers made of the pad token. Attention masks them as
 keys and mean pooling ignores them, so the real tokens and the logits are the same (tested to 1e-5).
 
-Images are not cached: their default spaces augment (random crops and flips change every prefix output).
+Images are not cached: their default spaces augment (random crops and flips change every prefix output); nor is
+text under ``augment: token-dropout | span-drop`` (loaders.perturb_tokens).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def cache_key(config: TrialConfig, depth: int) -> tuple:
 def applies(config: TrialConfig, backbone: Backbone, cache: PrefixCache) -> int:
     """The number of layers a trial can skip: its freezing depth for a text encoder (0: nothing cached)."""
     if not cache.enabled or config.modality != "text" or config.adaptation == "probe":
+        return 0
+    if config.augment not in (None, "none"):  # perturbed tokens: the prefix's output changes every epoch
         return 0
     if type(backbone.model).__name__ != "TextClassifier":
         return 0

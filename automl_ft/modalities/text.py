@@ -8,6 +8,8 @@ import numpy as np
 from . import TEXT, register_modality
 from .base import Modality
 
+# training-time perturbations of the token ids (loaders.perturb_tokens); "none" leaves texts as they are
+TEXT_AUGMENTS = ("none", "token-dropout", "span-drop")
 # ONNX example sequence length: short, so tracing is quick; the axis is symbolic anyway.
 EXAMPLE_TOKENS = 16
 
@@ -20,10 +22,12 @@ class TextModality(Modality):
     def config_error(self, config) -> str | None:
         if config.max_length is None or config.max_length < 8:
             return f"text trials need max_length >= 8, got {config.max_length}"
+        if (config.augment or "none") not in TEXT_AUGMENTS:
+            return f"text augment must be one of {TEXT_AUGMENTS}, got {config.augment!r}"
         return None
 
     def describe(self, config) -> str:
-        return f"len {config.max_length}"
+        return f"len {config.max_length}" + (f" {config.augment}" if config.augment not in (None, "none") else "")
 
     def make_preprocess(self, backbone, config):
         from automl_ft.preprocess import TextPreprocess
@@ -36,7 +40,8 @@ class TextModality(Modality):
         from automl_ft.loaders import TextBatches
 
         ids = caches.tokens.get(pre, inputs)
-        return TextBatches(ids, targets, pre, batch_size, shuffle=train, seed=config.seed, weights=weights)
+        return TextBatches(ids, targets, pre, batch_size, shuffle=train, seed=config.seed, weights=weights,
+                           augment=config.augment if train else None)
 
     def onnx_example(self, config):
         import torch

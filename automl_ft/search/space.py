@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from automl_ft.config import AUGMENTS, HEAD_INITS, IMBALANCE, TrialConfig
 from automl_ft.modalities import TEXT, list_modalities
+from automl_ft.modalities.text import TEXT_AUGMENTS
 from automl_ft.errors import BackboneError, SearchSpaceError
 
 if TYPE_CHECKING:
@@ -350,10 +351,12 @@ class SearchSpace:
             fd = _param(ctx, f"{key}.freeze_depth", settings.get("freeze_depth", 0), kind="int", block_count=n,
                         backbone=repr(name))
             if self.modality == TEXT:
-                if "image_size" in settings or "augment" in settings:
-                    raise ctx.fail(key, "image_size/augment apply to image backbones only")
+                if "image_size" in settings:
+                    raise ctx.fail(key, "image_size applies to image backbones only")
                 ml = _param(ctx, f"{key}.max_length", settings.get("max_length", 128), kind="int", low=8, high=8192)
-                out[name] = BackboneSpace(name, n, fd, ml, None, None, dict(options))
+                aug = _param(ctx, f"{key}.augment", settings.get("augment", "none"), kind="str",
+                             choices=TEXT_AUGMENTS)
+                out[name] = BackboneSpace(name, n, fd, ml, None, aug, dict(options))
             else:
                 if "max_length" in settings:
                     raise ctx.fail(key, "max_length applies to text backbones only")
@@ -507,6 +510,7 @@ class SearchSpace:
             values["lora_dropout"] = float(ad["dropout"].sample(trial, "lora.dropout"))
         if self.modality == TEXT:
             values["max_length"] = int(bb.max_length.sample(trial, f"{bb_name}.max_length"))
+            values["augment"] = str(bb.augment.sample(trial, f"{bb_name}.augment"))
         else:
             values["image_size"] = int(bb.image_size.sample(trial, f"{bb_name}.image_size"))
             values["augment"] = str(bb.augment.sample(trial, f"{bb_name}.augment"))
