@@ -195,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=150.0, help="tune's --timeout per point, seconds")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--tag", default="", help="results as small-<tag>-<machine>-<date>: a partial rerun keeps the "
+                    "full curve's files")
     args = ap.parse_args(argv)
     env = environment("cpu")
     stamp = time.strftime("%Y-%m-%d")
-    base = RESULTS_DIR / f"small-{slug(cpu_name())}-{stamp}"
+    base = RESULTS_DIR / f"small-{args.tag + '-' if args.tag else ''}{slug(cpu_name())}-{stamp}"
     rows_out: list[dict[str, Any]] = []
     work_root = Path(args.work or tempfile.mkdtemp(prefix="bench-small-"))
     for name in args.sets.split(","):
