@@ -114,3 +114,16 @@ def test_a_cross_validated_trial_is_pruned_only_after_a_whole_k_fold_pass(kind):
     weak.report(0.1, plan.folds)
     if kind == "median":
         assert weak.should_prune()
+
+
+def test_the_refit_takes_enough_steps_whatever_the_folds_best_epoch():
+    from automl_ft.search.crossval import refit_schedule
+
+    lpft = TrialConfig(task="text-classification", backbone="minilm-l6", num_classes=2, max_length=32,
+                       batch_size=4, epochs=14)
+    # 16 examples at batch 4: 4 steps an epoch, so 10 epochs make the 40 steps; never above the trial's own 14
+    assert refit_schedule(lpft, 4, 16) == 10
+    assert refit_schedule(lpft, 12, 16) == 12
+    assert refit_schedule(lpft, 2, 4) == 14
+    assert refit_schedule(lpft, 3, 4000) == 3  # ordinary data: the folds' median as it is
+    assert refit_schedule(TrialConfig(**{**lpft.to_dict(), "adaptation": "probe"}), 4, 16) == 1
