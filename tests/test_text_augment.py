@@ -65,8 +65,8 @@ def test_augmented_text_is_not_prefix_cached_and_bad_names_fail(tiny_bert_dir):
     from automl_ft.prefix_cache import PrefixCache, applies
     from automl_ft.train import build_model
 
-    base = dict(task="text-classification", backbone=str(tiny_bert_dir), num_classes=3, max_length=32,
-                freeze_depth=1)
+    base = {"task": "text-classification", "backbone": str(tiny_bert_dir), "num_classes": 3, "max_length": 32,
+            "freeze_depth": 1}
     backbone, _ = build_model(TrialConfig(**base))
     assert applies(TrialConfig(**base), backbone, PrefixCache()) == 1
     assert applies(TrialConfig(**base, augment="span-drop"), backbone, PrefixCache()) == 0

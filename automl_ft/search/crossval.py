@@ -141,7 +141,8 @@ def refit_schedule(config: Any, median_best: int, n_train: int) -> int:
     if config.adaptation in ("probe", "setfit"):
         return 1
     per_epoch = max(1, math.ceil(n_train / (config.batch_size * config.grad_accumulation)))
-    return max(median_best, min(config.epochs, math.ceil(MIN_STEPS / per_epoch)))
+    enough = min(config.epochs, math.ceil(MIN_STEPS / per_epoch))
+    return max(median_best, enough)
 
 
 def refit_best(trial: Any, data: LabeledData, trial_dir: Path, *, device: Any, caches: Any,
