@@ -82,7 +82,8 @@ adaptation:
     (BASE.replace("full:", "prefix:"), "adaptation.prefix: unknown adaptation"),
     (BASE.replace("high: N}", "high: M}"), "'M': use an integer, N"),
     (BASE.replace("minilm-l6:", "no-such-model-xyz:"), "backbones.no-such-model-xyz: unknown backbone"),
-    (BASE.replace("max_length: 64", "image_size: 64"), "image_size/augment apply to image backbones only"),
+    (BASE.replace("max_length: 64", "image_size: 64"), "image_size applies to image backbones only"),
+    (BASE.replace("max_length: 64", "max_length: 64, augment: crop-flip"), r"minilm-l6.augment: .*token-dropout"),
     (BASE.replace("max_length: 64", "max_length: 64, options: {trust_remote_code: true}"),
      "trust_remote_code: runs the model's own code; allow it on the command line with --trust-remote-code"),
 ])
