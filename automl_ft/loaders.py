@@ -196,6 +196,8 @@ class ImageBatches:
         self.seed = seed
         self.epoch = 0
         self.transform = train_image_transform(pre, augment) if (augment and shuffle) else None
+        # image_prefix.py: the model takes cached block outputs, so the pixels are a 1-pixel stand-in
+        self.placeholder = False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -209,7 +211,9 @@ class ImageBatches:
             order = draw_order(len(order), random.Random(self.seed * 100_003 + self.epoch), self.weights)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            if self.transform is not None:
+            if self.placeholder:
+                x = torch.zeros(len(idx), 3, 1, 1)
+            elif self.transform is not None:
                 x = torch.stack([self.transform(self.cache.image(self.paths[i])) for i in idx])
             else:
                 x = torch.stack([self.cache.eval_tensor(self.paths[i], self.pre) for i in idx])

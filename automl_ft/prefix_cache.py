@@ -12,8 +12,8 @@ Padding is the one difference: a batch pads to its longest text, and the cache h
 positions enter layer k as zeros instead of what the frozen layers made of the pad token. Attention masks them as
 keys and mean pooling ignores them, so the real tokens and the logits are the same (tested to 1e-5).
 
-Images are not cached: their default spaces augment (random crops and flips change every prefix output); nor is
-text under ``augment: token-dropout | span-drop`` (loaders.perturb_tokens).
+Text under ``augment: token-dropout | span-drop`` (loaders.perturb_tokens) is not cached. Images are, with a fixed
+set of augmented views per training image (image_prefix.py): random crops and flips change every prefix output.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class PrefixCache:
 
     budget: int = BUDGET_BYTES
     used: int = 0
-    store: dict[tuple, dict[str, torch.Tensor]] = field(default_factory=dict)
+    store: dict[tuple, dict[Any, torch.Tensor]] = field(default_factory=dict)
     enabled: bool = True
+    unusable: set[tuple] = field(default_factory=set)  # image prefixes whose cached logits differed (image_prefix)
 
 
 class CachedLayers(nn.Module):
@@ -76,11 +77,15 @@ class Installed:
     computed: int
     reused: int
     seconds: float
-    first: CachedLayers | None = None
+    first: Any = None  # CachedLayers (text) or image_prefix.CachedImagePrefix
+    views: int | None = None  # images: augmented views cached per training image (0: the evaluation view)
 
     def record(self) -> dict[str, Any]:
-        return {"layers": self.layers, "computed": self.computed, "reused": self.reused,
-                "seconds": round(self.seconds, 2)}
+        out = {"layers": self.layers, "computed": self.computed, "reused": self.reused,
+               "seconds": round(self.seconds, 2)}
+        if self.views is not None:
+            out["views"] = self.views
+        return out
 
 
 def cache_key(config: TrialConfig, depth: int) -> tuple:
@@ -100,10 +105,20 @@ def applies(config: TrialConfig, backbone: Backbone, cache: PrefixCache) -> int:
     return min(config.freeze_depth, backbone.num_blocks - 1)  # the last layer never: the neck follows it
 
 
-def install(backbone: Backbone, config: TrialConfig, inputs: list[str], pre: Any, caches: Any,
-            device: torch.device) -> Installed | None:
-    """Cache the frozen prefix's token states of ``inputs`` (those not cached yet) and swap the frozen layers of
-    ``backbone`` for :class:`CachedLayers`. None when nothing applies or the states would exceed the budget."""
+def install(backbone: Backbone, config: TrialConfig, train_inputs: list[str], val_inputs: list[str], pre: Any,
+            caches: Any, device: torch.device) -> Installed | None:
+    """Cache the frozen prefix's outputs for the trial's inputs (those not cached yet) and swap the frozen layers of
+    ``backbone`` for cached ones: token states for text (:class:`CachedLayers`), block outputs of fixed views for
+    images (image_prefix.py). None when nothing applies or the outputs would exceed the budget."""
+    if config.modality == "image":
+        from automl_ft import image_prefix
+
+        return image_prefix.install(backbone, config, train_inputs, val_inputs, pre, caches, device)
+    return _install_text(backbone, config, train_inputs + val_inputs, pre, caches, device)
+
+
+def _install_text(backbone: Backbone, config: TrialConfig, inputs: list[str], pre: Any, caches: Any,
+                  device: torch.device) -> Installed | None:
     import numpy as np
 
     from automl_ft.backbones import _largest_block_list
@@ -162,20 +177,37 @@ def install(backbone: Backbone, config: TrialConfig, inputs: list[str], pre: Any
 
 
 class KeyedBatches:
-    """Batches that tell the cached layers which texts they hold (their positions in ``inputs``)."""
+    """Batches that tell the cached layers which inputs they hold (their positions in ``inputs``): texts, or for
+    images ``(path, view)`` pairs, the view being the epoch's (training) or the evaluation view."""
 
-    def __init__(self, batches: Any, inputs: list[str], installed: Installed):
+    def __init__(self, batches: Any, inputs: list[str], installed: Installed, *, train: bool = False):
         self.batches = batches
         self.inputs = inputs
         self.first = installed.first
+        self.views = installed.views
+        self.train = train
+        self.epoch = 0
+        if self.views is not None:  # the cache holds the pixels' block outputs: skip decoding and augmenting
+            batches.placeholder = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.batches, name)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches.set_epoch(epoch)
+
     def __len__(self) -> int:
         return len(self.batches)
 
+    def _key(self, i: int) -> Any:
+        if self.views is None:
+            return self.inputs[i]
+        from automl_ft.image_prefix import EVAL_VIEW
+
+        return self.inputs[i], (self.epoch % self.views if self.train and self.views else EVAL_VIEW)
+
     def __iter__(self):
         for x, targets, idx in self.batches:
-            self.first.keys = [self.inputs[i] for i in idx]
+            self.first.keys = [self._key(i) for i in idx]
             yield x, targets, idx

@@ -278,10 +278,11 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
     train_batches = make_batches(config, data.train, pre, caches, task, train=True)
     val_batches = make_batches(config, data.val, pre, caches, task, train=False,
                                batch_size=max(64, config.batch_size))
-    # after the probe (it needs the whole model): the frozen layers are computed once per text, then skipped
-    installed = install(backbone, config, data.train.inputs + data.val.inputs, pre, caches, device)
+    # after the probe (it needs the whole model): the frozen layers are computed once per text / image view, then
+    # skipped
+    installed = install(backbone, config, data.train.inputs, data.val.inputs, pre, caches, device)
     if installed is not None:
-        train_batches = KeyedBatches(train_batches, data.train.inputs, installed)
+        train_batches = KeyedBatches(train_batches, data.train.inputs, installed, train=True)
         val_batches = KeyedBatches(val_batches, data.val.inputs, installed)
         adaptation["prefix_cache"] = installed.record()
     steps_per_epoch = math.ceil(len(train_batches) / config.grad_accumulation)

@@ -48,7 +48,8 @@ def trial_row(t: optuna.trial.FrozenTrial, maximize: bool = True) -> dict[str, A
             t.user_attrs.get("stopped") or "")
     cached = (t.user_attrs.get("adaptation") or {}).get("prefix_cache")
     if cached:  # what the trial reused instead of recomputing (prefix_cache.py)
-        note = (note + "; " if note else "") + (f"{cached['layers']} frozen layers cached" + (
+        views = f", {cached['views']} views" if cached.get("views") else ""  # images: augmented views per image
+        note = (note + "; " if note else "") + (f"{cached['layers']} frozen layers cached{views}" + (
             " (reused)" if not cached["computed"] else ""))
     retry_of = (t.user_attrs.get("retry_history") or [None])[-1]
     if retry_of is not None:
