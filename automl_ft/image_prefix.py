@@ -5,12 +5,16 @@ The frozen prefix is in eval mode (adapt.set_frozen_eval: BatchNorm's running st
 output depends only on the pixels it is given. Evaluation pixels never change; training pixels do, through random
 crops and flips. The cache therefore holds a fixed set of :data:`VIEWS` augmented views of every training image,
 drawn once per study from a seed that depends on the image and the view only (so every trial with the same backbone,
-image size, augmentation and depth shares them), and epoch e trains on view ``e % VIEWS``. With ``augment: none``
+image size, augmentation and depth shares them), and epoch e trains on view ``e % views``. With ``augment: none``
 the one view is the evaluation view.
 
-Fewer distinct views is what a cache trades for time (issue 13): with 2 views an 8-epoch trial computes its prefix
-2 + 1 times per image instead of 8 + 8 (train + validation). bench/bench_prefix.py --modality image measures both
-the time and what the fixed views cost in accuracy.
+A trial gets as many views as it has epochs (up to :data:`VIEWS`): each epoch sees other crops and flips, as
+without the cache. Fewer views would be faster and cost accuracy: with 2 views for 4 epochs, epochs took 11.4 s
+instead of 23.2 s on the CIFAR subset but the 3 trials' validation accuracy fell by 0, 4.8 and 2.0 points
+(bench/results/prefix-image-2views-*). So the saving is what trials and cross-validation folds share: the
+validation images' prefix runs once, not every epoch, and every later trial (and fold) with the same backbone, size,
+augmentation and depth reads its views from the cache. Each epoch's views are computed when it starts, so a pruned
+trial pays only for the epochs it ran.
 
 The stem's first module returns the cached block output of the batch and the other prefix modules pass it through
 (:class:`CachedImagePrefix`); the batches then carry a 1-pixel placeholder instead of decoded, augmented pixels.
@@ -34,18 +38,14 @@ if TYPE_CHECKING:
     from automl_ft.config import TrialConfig
     from automl_ft.prefix_cache import Installed, PrefixCache
 
-# Augmented views per training image. Measured on the CIFAR subset (bench/bench_prefix.py --modality image).
-VIEWS = 2
+# Augmented views per training image at most (the default spaces train 4-8 epochs).
+VIEWS = 8
 EVAL_VIEW = -1
 CAPTURE_BATCH = 64
 # The cached model must reproduce the full model's logits on this many validation images to this tolerance
 # (float32 reordering inside convolutions differs by ~1e-6).
 CHECK_IMAGES = 8
 CHECK_TOLERANCE = 1e-4
-
-
-class _Captured(Exception):
-    """Raised by the capture hook after block k-1: the rest of the forward pass is not needed."""
 
 
 class CachedImagePrefix(nn.Module):
@@ -112,13 +112,55 @@ def _parents(root: nn.Module) -> dict[int, tuple[nn.Module, str]]:
             if child is not None}
 
 
+class _Prefix:
+    """The frozen prefix as a chain of modules, and the views it has computed."""
+
+    def __init__(self, modules: list[nn.Module], table: dict, cache: PrefixCache, pre: Any, transform: Any,
+                 images: Any, device: torch.device):
+        self.modules, self.table, self.cache = modules, table, cache
+        self.pre, self.transform, self.images, self.device = pre, transform, images, device
+
+    def ensure(self, keys: list[tuple[str, int]]) -> int:
+        """Compute the block outputs of the ``(path, view)`` keys not cached yet; returns how many. The views'
+        seeds leave the trial's random streams where they were."""
+        import numpy as np
+
+        todo = [k for k in dict.fromkeys(keys) if k not in self.table]
+        if not todo:
+            return 0
+        states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(todo), CAPTURE_BATCH):
+                    chunk = todo[start:start + CAPTURE_BATCH]
+                    x = torch.stack([view_tensor(p, v, self.pre, self.transform, self.images) for p, v in chunk])
+                    x = x.to(self.device)
+                    for m in self.modules:
+                        m.eval()
+                        x = m(x)
+                    out = x.float().cpu()
+                    for row, k in enumerate(chunk):
+                        self.table[k] = out[row].clone()
+                    self.cache.used += out[0].numel() * 4 * len(chunk)
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+        return len(todo)
+
+
+def train_keys(inputs: list[str], epoch: int, n_views: int) -> list[tuple[str, int]]:
+    """The cached views training epoch ``epoch`` reads."""
+    view = epoch % n_views if n_views else EVAL_VIEW
+    return [(p, view) for p in inputs]
+
+
 def install(backbone: Backbone, config: TrialConfig, train_inputs: list[str], val_inputs: list[str], pre: Any,
             caches: Any, device: torch.device) -> Installed | None:
-    """Cache the frozen prefix's output for every (image, view) a trial needs and swap the prefix for
-    :class:`CachedImagePrefix`. None when nothing applies, the outputs would exceed the budget, or the cached
+    """Swap the frozen prefix for :class:`CachedImagePrefix`, with the validation images' block outputs computed;
+    each epoch's training views are computed when the epoch starts (``Installed.fill``), so a pruned trial pays
+    only for the epochs it ran. None when nothing applies, all the views would exceed the budget, or the cached
     model's logits differ from the full model's."""
-    import numpy as np
-
     from automl_ft.loaders import train_image_transform
     from automl_ft.prefix_cache import Installed
 
@@ -127,66 +169,41 @@ def install(backbone: Backbone, config: TrialConfig, train_inputs: list[str], va
     if depth < 1 or not val_inputs:
         return None
     n_views = views(config)
-    started = time.time()
-    table = cache.store.setdefault(cache_key(config, depth), {})
-    train_views = range(n_views) if n_views else [EVAL_VIEW]
-    wanted = list(dict.fromkeys([(p, v) for p in train_inputs for v in train_views]
-                                + [(p, EVAL_VIEW) for p in val_inputs]))
-    todo = [k for k in wanted if k not in table]
     model = backbone.model
-    blocks = backbone.parts.blocks
-    prefix = [m for m in backbone.parts.stem if isinstance(m, nn.Module)] + list(blocks[:depth])
+    prefix = [m for m in backbone.parts.stem if isinstance(m, nn.Module)] + list(backbone.parts.blocks[:depth])
     parents = _parents(model)
     key = cache_key(config, depth)
     if not prefix or any(id(m) not in parents for m in prefix) or key in cache.unusable:
         return None
     places = [parents[id(m)] for m in prefix]
+    started = time.time()
+    table = cache.store.setdefault(key, {})
+    runner = _Prefix(prefix, table, cache, pre, train_image_transform(pre, config.augment) if n_views else None,
+                     caches.images, device)
+    val_keys = [(p, EVAL_VIEW) for p in val_inputs]
+    wanted = set(val_keys)
+    for epoch in range(max(n_views, 1)):
+        wanted.update(train_keys(train_inputs, epoch, n_views))
+    computed = runner.ensure(val_keys[:1])  # one block output: its size
+    size = table[val_keys[0]].numel() * 4
+    if cache.used + size * sum(k not in table for k in wanted) > cache.budget:
+        if computed:
+            del table[val_keys[0]]
+            cache.used -= size
+        if not table:
+            cache.store.pop(key, None)
+        return None
+    computed += runner.ensure(val_keys)
+
     was_training = model.training
     model.eval()
-    check = [(p, EVAL_VIEW) for p in val_inputs[:CHECK_IMAGES]]
+    check = val_keys[:CHECK_IMAGES]
+    check_x = torch.stack([view_tensor(p, v, pre, None, caches.images) for p, v in check]).to(device)
     with torch.inference_mode():
-        check_x = torch.stack([view_tensor(p, v, pre, None, caches.images) for p, v in check]).to(device)
         reference = model(pixel_values=check_x).float()
-    if todo:
-        transform = train_image_transform(pre, config.augment) if n_views else None
-        seen: list[Any] = []
-
-        def hook(_m, _args, output):
-            seen.append(output)
-            raise _Captured
-
-        handle = blocks[depth - 1].register_forward_hook(hook)
-        states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        fresh: dict[tuple[str, int], torch.Tensor] = {}
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(todo), CAPTURE_BATCH):
-                    chunk = todo[start:start + CAPTURE_BATCH]
-                    x = torch.stack([view_tensor(p, v, pre, transform, caches.images) for p, v in chunk])
-                    seen.clear()
-                    try:
-                        model(pixel_values=x.to(device))
-                    except _Captured:
-                        pass
-                    if not seen or not isinstance(seen[0], torch.Tensor):
-                        return None
-                    out = seen[0].detach().float().cpu()
-                    if start == 0 and cache.used + out[0].numel() * 4 * len(todo) > cache.budget:
-                        return None
-                    for row, k in enumerate(chunk):
-                        fresh[k] = out[row].clone()
-        finally:
-            handle.remove()
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
-            model.train(was_training)
-        table.update(fresh)
-        cache.used += sum(t.numel() * 4 for t in fresh.values())
     cached = [CachedImagePrefix(table)] + [CachedImagePrefix(None) for _ in prefix[1:]]
     for (parent, name), new in zip(places, cached):
         parent._modules[name] = new
-    model.eval()
     cached[0].keys = check
     with torch.inference_mode():
         got = model(pixel_values=check_x[:, :1, :1, :1]).float()
@@ -198,4 +215,5 @@ def install(backbone: Backbone, config: TrialConfig, train_inputs: list[str], va
         cache.store.pop(key, None)
         cache.unusable.add(key)
         return None
-    return Installed(depth, len(todo), len(wanted) - len(todo), time.time() - started, cached[0], views=n_views)
+    return Installed(depth, computed, len(val_keys) - computed, time.time() - started, cached[0], views=n_views,
+                     fill=runner.ensure)

@@ -79,6 +79,17 @@ class Installed:
     seconds: float
     first: Any = None  # CachedLayers (text) or image_prefix.CachedImagePrefix
     views: int | None = None  # images: augmented views cached per training image (0: the evaluation view)
+    fill: Any = None  # images: computes the keys an epoch reads that are not cached yet (image_prefix._Prefix)
+
+    def add(self, keys: list[Any]) -> None:
+        """Make sure the cache holds ``keys`` (an image epoch's views), counting what was computed or reused."""
+        if self.fill is None:
+            return
+        t0 = time.time()
+        n = self.fill(keys)
+        self.computed += n
+        self.reused += len(set(keys)) - n
+        self.seconds += time.time() - t0
 
     def record(self) -> dict[str, Any]:
         out = {"layers": self.layers, "computed": self.computed, "reused": self.reused,
@@ -183,6 +194,7 @@ class KeyedBatches:
     def __init__(self, batches: Any, inputs: list[str], installed: Installed, *, train: bool = False):
         self.batches = batches
         self.inputs = inputs
+        self.installed = installed
         self.first = installed.first
         self.views = installed.views
         self.train = train
@@ -196,6 +208,10 @@ class KeyedBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.batches.set_epoch(epoch)
+        if self.train and self.views is not None:  # this epoch's views, computed when it first needs them
+            from automl_ft.image_prefix import train_keys
+
+            self.installed.add(train_keys(self.inputs, epoch, self.views))
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -370,6 +370,8 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
             stopped = "deadline"
             break
     (workdir / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+    if installed is not None:  # image views are computed epoch by epoch
+        adaptation["prefix_cache"] = installed.record()
     return TrainOutcome(best_value, best_epoch, len(history), stopped, history, time.time() - started, steps,
                         adaptation, resumed_from_epoch=start_epoch, kernel_time=timer.close())
 

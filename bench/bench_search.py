@@ -285,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=240.0, help="seconds per search")
     ap.add_argument("--work", default=None)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink every split (a quick check of the script)")
+    ap.add_argument("--tag", default="", help="a name part that keeps a partial run from overwriting a full one")
     args = ap.parse_args(argv)
     stamp = time.strftime("%Y-%m-%d")
-    base = RESULTS_DIR / f"search-{slug(cpu_name())}-{stamp}"
+    base = RESULTS_DIR / f"search{'-' + args.tag if args.tag else ''}-{slug(cpu_name())}-{stamp}"
     work_root = Path(args.work or tempfile.mkdtemp(prefix="bench-search-"))
     env = environment("cpu")
     rows: list[dict[str, Any]] = []
