@@ -127,3 +127,44 @@ def test_the_refit_takes_enough_steps_whatever_the_folds_best_epoch():
     assert refit_schedule(lpft, 2, 4) == 14
     assert refit_schedule(lpft, 3, 4000) == 3  # ordinary data: the folds' median as it is
     assert refit_schedule(TrialConfig(**{**lpft.to_dict(), "adaptation": "probe"}), 4, 16) == 1
+
+
+def test_a_fold_cut_short_by_the_timeout_does_not_score_the_trial(tmp_path):
+    """--timeout stopping a fold after 1 of its epochs: the trial is scored by the folds that finished (and pruned
+    when none did), never by the cut fold's half-trained score."""
+    import optuna
+
+    from automl_ft.search.crossval import CVPlan
+    from automl_ft.search.objective import Objective
+    from automl_ft.search.space import load_space
+    from automl_ft.train import TrainOutcome
+
+    data = _data(10, 2)
+    plan = CVPlan(folds=3, repeats=1, seed=0, examples=24, reason="test")
+    objective = Objective(load_space(None, "text-classification"), data, trial_dir=lambda n: tmp_path / str(n),
+                          device=None, seed=0, cv=plan)
+    config = TrialConfig(task="text-classification", backbone="minilm-l6", num_classes=2, max_length=32, epochs=4)
+
+    def run(cut_at: int):
+        calls = []
+
+        def fake_fit(trial, config, workdir, *args, **kwargs):
+            calls.append(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            for name in ("model.safetensors", "config.json"):
+                (workdir / name).write_text("x")
+            if len(calls) == cut_at:
+                return TrainOutcome(0.1, 1, 1, "deadline", [], 1.0, 3, {})
+            return TrainOutcome(0.9, 3, 4, "completed", [], 1.0, 12, {})
+
+        objective._fit_with_oom_retry = fake_fit
+        trial = optuna.create_study(direction="maximize").ask()
+        return trial, objective._cross_validate(trial, config, tmp_path / f"cut{cut_at}", lambda *a, **k: None), calls
+
+    trial, out, calls = run(cut_at=3)
+    assert out.best_value == pytest.approx(0.9) and out.stopped == "deadline: 2 of 3 folds"
+    assert trial.user_attrs["cv"]["folds_done"] == 2 and len(out.history) == 2
+    _, out, calls = run(cut_at=99)
+    assert out.stopped == "completed" and len(calls) == 3
+    with pytest.raises(optuna.TrialPruned):
+        trial, *_ = run(cut_at=1)
