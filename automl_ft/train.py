@@ -380,8 +380,15 @@ def init_head_from_probe(backbone: Backbone, config: TrialConfig, data: LabeledD
                          device: torch.device, adaptation: dict[str, Any]) -> None:
     """Linear-probe-then-fine-tune: start the head at the probe's fit (recorded in ``adaptation``). A backbone
     without a single linear head keeps its random one (logged), the trial still runs."""
+    from dataclasses import replace
+
+    from automl_ft.norm_calibration import recalibrate
     from automl_ft.probe import probe_for, write_head
 
+    if config.modality == "image" and recalibrate(backbone, config, data, pre, caches, device):
+        # the features now depend on this trial's training images and depth: not the shared frozen-feature cache
+        caches = replace(caches, features=FeatureCache())
+        adaptation["norms_recalibrated"] = True
     try:
         fit = probe_for(backbone, config, data, pre, caches, device)
         write_head(backbone, fit)
