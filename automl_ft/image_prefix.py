@@ -3,9 +3,9 @@ image view, not once per epoch and trial.
 
 The frozen prefix is in eval mode (adapt.set_frozen_eval: BatchNorm's running statistics, no drop-path), so its
 output depends only on the pixels it is given. Evaluation pixels never change; training pixels do, through random
-crops and flips. The cache therefore holds a fixed set of :data:`VIEWS` augmented views of every training image,
-drawn once per study from a seed that depends on the image and the view only (so every trial with the same backbone,
-image size, augmentation and depth shares them), and epoch e trains on view ``e % views``. With ``augment: none``
+crops and flips. The cache therefore holds augmented views of every training image, each drawn once per study from
+a seed that depends on the image and the view only (so every trial with the same backbone, image size, augmentation
+and depth shares them), and epoch e trains on view ``e % views``. With ``augment: none``
 the one view is the evaluation view.
 
 A trial gets as many views as it has epochs (up to :data:`VIEWS`): each epoch sees other crops and flips, as
@@ -153,9 +153,14 @@ class _Prefix:
         return len(todo)
 
 
+def train_view(epoch: int, n_views: int) -> int:
+    """The view training epoch ``epoch`` reads (the evaluation view without augmentation)."""
+    return epoch % n_views if n_views else EVAL_VIEW
+
+
 def train_keys(inputs: list[str], epoch: int, n_views: int) -> list[tuple[str, int]]:
     """The cached views training epoch ``epoch`` reads."""
-    view = epoch % n_views if n_views else EVAL_VIEW
+    view = train_view(epoch, n_views)
     return [(p, view) for p in inputs]
 
 

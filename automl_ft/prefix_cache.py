@@ -12,8 +12,8 @@ Padding is the one difference: a batch pads to its longest text, and the cache h
 positions enter layer k as zeros instead of what the frozen layers made of the pad token. Attention masks them as
 keys and mean pooling ignores them, so the real tokens and the logits are the same (tested to 1e-5).
 
-Text under ``augment: token-dropout | span-drop`` (loaders.perturb_tokens) is not cached. Images are, with a fixed
-set of augmented views per training image (image_prefix.py): random crops and flips change every prefix output.
+Text under ``augment: token-dropout | span-drop`` (loaders.perturb_tokens) is not cached. Images are, per augmented
+view of a training image (image_prefix.py): random crops and flips change every prefix output.
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def applies(config: TrialConfig, backbone: Backbone, cache: PrefixCache) -> int:
 def install(backbone: Backbone, config: TrialConfig, train_inputs: list[str], val_inputs: list[str], pre: Any,
             caches: Any, device: torch.device) -> Installed | None:
     """Cache the frozen prefix's outputs for the trial's inputs (those not cached yet) and swap the frozen layers of
-    ``backbone`` for cached ones: token states for text (:class:`CachedLayers`), block outputs of fixed views for
-    images (image_prefix.py). None when nothing applies or the outputs would exceed the budget."""
+    ``backbone`` for cached ones: token states for text (:class:`CachedLayers`), block outputs per image view
+    (image_prefix.py). None when nothing applies or the outputs would exceed the budget."""
     if config.modality == "image":
         from automl_ft import image_prefix
 
@@ -198,30 +198,29 @@ class KeyedBatches:
         self.first = installed.first
         self.views = installed.views
         self.train = train
-        self.epoch = 0
+        self.view: int | None = None  # images: the view this epoch reads
         if self.views is not None:  # the cache holds the pixels' block outputs: skip decoding and augmenting
+            from automl_ft.image_prefix import EVAL_VIEW, train_view
+
+            self.view = train_view(0, self.views) if train else EVAL_VIEW
             batches.placeholder = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.batches, name)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
         self.batches.set_epoch(epoch)
         if self.train and self.views is not None:  # this epoch's views, computed when it first needs them
-            from automl_ft.image_prefix import train_keys
+            from automl_ft.image_prefix import train_keys, train_view
 
+            self.view = train_view(epoch, self.views)
             self.installed.add(train_keys(self.inputs, epoch, self.views))
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def _key(self, i: int) -> Any:
-        if self.views is None:
-            return self.inputs[i]
-        from automl_ft.image_prefix import EVAL_VIEW
-
-        return self.inputs[i], (self.epoch % self.views if self.train and self.views else EVAL_VIEW)
+        return self.inputs[i] if self.view is None else (self.inputs[i], self.view)
 
     def __iter__(self):
         for x, targets, idx in self.batches:

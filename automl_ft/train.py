@@ -385,7 +385,7 @@ def init_head_from_probe(backbone: Backbone, config: TrialConfig, data: LabeledD
     from automl_ft.norm_calibration import recalibrate
     from automl_ft.probe import probe_for, write_head
 
-    if config.modality == "image" and recalibrate(backbone, config, data, pre, caches, device):
+    if recalibrate(backbone, config, data, pre, caches, device):  # BatchNorm models only (no text encoder has one)
         # the features now depend on this trial's training images and depth: not the shared frozen-feature cache
         caches = replace(caches, features=FeatureCache())
         adaptation["norms_recalibrated"] = True
