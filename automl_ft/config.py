@@ -7,6 +7,7 @@ the trial.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ class TrialConfig:
     probe_strength: float | None = None
     # setfit: rounds of pair sampling (each round pairs every example with one of its class and one of another)
     setfit_iterations: int = 20
+    # Lower fidelity at Hyperband's lowest rung (pruner.subset_fraction, issue 13): the first ``subset_epochs``
+    # epochs stop after this fraction of the epoch's shuffled batches, so a trial pruned there costs that much less
+    subset_epochs: int = 0
+    subset_fraction: float = 1.0
     backbone_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +85,9 @@ class TrialConfig:
                 raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.setfit_iterations < 1:
             raise ValueError(f"setfit_iterations must be >= 1, got {self.setfit_iterations}")
+        if self.subset_epochs < 0 or not 0.0 < self.subset_fraction <= 1.0:
+            raise ValueError(f"subset_epochs must be >= 0 and subset_fraction in (0, 1], got {self.subset_epochs} "
+                             f"and {self.subset_fraction}")
         if self.freeze_depth < 0:
             raise ValueError(f"freeze_depth must be >= 0, got {self.freeze_depth}")
         if not self.lr > 0:
@@ -106,6 +114,12 @@ class TrialConfig:
         from automl_ft.tasks import split_task_name
 
         return split_task_name(self.task)[1]
+
+    def epoch_batches(self, epoch: int, batches: int) -> int:
+        """How many of an epoch's ``batches`` epoch ``epoch`` (from 0) trains on: all, or the subset's share."""
+        if epoch < self.subset_epochs and self.subset_fraction < 1.0:
+            return max(1, math.ceil(batches * self.subset_fraction))
+        return batches
 
     @property
     def effective_batch_size(self) -> int:

@@ -285,8 +285,9 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         train_batches = KeyedBatches(train_batches, data.train.inputs, installed, train=True)
         val_batches = KeyedBatches(val_batches, data.val.inputs, installed)
         adaptation["prefix_cache"] = installed.record()
-    steps_per_epoch = math.ceil(len(train_batches) / config.grad_accumulation)
-    total_steps = steps_per_epoch * config.epochs
+    # the first subset_epochs epochs (Hyperband's lowest rung) may take only part of their batches
+    total_steps = sum(math.ceil(config.epoch_batches(e, len(train_batches)) / config.grad_accumulation)
+                      for e in range(config.epochs))
     optimizer = make_optimizer(param_groups(model, backbone, config), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, config.warmup_ratio))
     loss_fn = task.loss(label_smoothing=config.label_smoothing, kind=config.loss,
@@ -314,10 +315,13 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         epoch_start = time.time()
         model.train()
         train_batches.set_epoch(epoch)
-        callbacks.on_epoch_start(epoch + 1, config.epochs, len(train_batches))
+        n_batches = config.epoch_batches(epoch, len(train_batches))
+        callbacks.on_epoch_start(epoch + 1, config.epochs, n_batches)
         running, count = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
         for i, (inputs, targets, _) in enumerate(train_batches):
+            if i == n_batches:  # a subset epoch: the first n_batches of this epoch's shuffled order
+                break
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             targets = targets.to(device, non_blocking=True)
             with _autocast(device):
@@ -327,7 +331,7 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
             if not math.isfinite(value):
                 raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {i + 1} (lr {config.lr:.3g})")
             (loss / config.grad_accumulation).backward()
-            if (i + 1) % config.grad_accumulation == 0 or i + 1 == len(train_batches):
+            if (i + 1) % config.grad_accumulation == 0 or i + 1 == n_batches:
                 timer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -343,6 +347,8 @@ def fit(config: TrialConfig, data: LabeledData, workdir: Path, *, device: torch.
         metrics = evaluate(model, val_batches, device, task, data.val.labels)
         record = {**epoch_record(epoch + 1, running / max(1, count), metrics, task),
                   "lr": scheduler.get_last_lr()[0], "seconds": time.time() - epoch_start}
+        if n_batches < len(train_batches):
+            record["data_fraction"] = round(n_batches / len(train_batches), 4)
         history.append(record)
         value = record["val_score"]
         # The kept checkpoint breaks ties of the primary metric by validation loss; patience counts epochs without

@@ -208,7 +208,8 @@ def hf_runs(split, modality: str, work: Path, *, budget: float | None) -> dict[s
             "detail": f"{len(timeline)} runs; best {json.dumps(best.hyperparameters)}"}
 
 
-def automl_ft_run(folder: Path, modality: str, work: Path, *, budget: float) -> dict[str, Any]:
+def automl_ft_run(folder: Path, modality: str, work: Path, *, budget: float,
+                  extra: list[str] | None = None) -> dict[str, Any]:
     """``automl-ft tune`` on the split folder with --timeout; each completed trial's test accuracy afterwards."""
     import numpy as np
     import optuna
@@ -218,7 +219,7 @@ def automl_ft_run(folder: Path, modality: str, work: Path, *, budget: float) -> 
     from automl_ft.train import Caches, load_trained_model, make_batches, make_preprocess, predict_logits
 
     cmd = [sys.executable, "-m", "automl_ft", "tune", str(folder), "--out", str(work / "run"), "--timeout",
-           f"{budget:g}", "--trials", "1000", "--seed", "0"]
+           f"{budget:g}", "--trials", "1000", "--seed", "0", *(extra or [])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

@@ -66,6 +66,8 @@ def describe(config: TrialConfig) -> str:
     ad = config.adaptation if config.adaptation == "full" else f"lora r{config.lora_rank}"
     ad += " lp-ft" if config.head_init == "probe" else ""
     choices = "".join(f" {v}" for v in (config.loss, config.imbalance) if v and v != "none")
+    if config.subset_epochs and config.subset_fraction < 1.0:
+        choices += f" (first {config.subset_epochs} ep on {config.subset_fraction:.0%} of the data)"
     return (f"{config.backbone} {ad} freeze {config.freeze_depth} lr {config.lr:.2g} bs {config.batch_size} "
             f"{config.epochs} ep {extra}{choices}")
 
@@ -118,6 +120,8 @@ class Objective:
             config = self.space.suggest(trial, self.data.task, task, seed=self.seed + original)
         # tiny data: enough optimizer steps whatever the space's epoch range (schedule.py); on folds, their size
         config = fit_to_data(config, len(self.folds[0].train) if self.folds else len(self.data.train))
+        if not self.folds and not self.multi_objective:  # folds are a CV study's rungs; nothing prunes multi-objective
+            config = self.space.at_fidelity(config)
         workdir = self.trial_dir(trial.number)
         resume_dir = self._resume_dir(trial, history)
         trial.set_user_attr("worker", worker_identity())

@@ -32,7 +32,7 @@ import hashlib
 import importlib.resources
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,14 +56,15 @@ ADAPTATION_KEYS = {"full": {"lr"}, "lora": {"rank", "alpha", "dropout", "lr"},
 TRAINING_KEYS = {"weight_decay", "anchor_decay", "label_smoothing", "dropout", "batch_size", "epochs",
                  "warmup_ratio", "max_grad_norm", "patience", "head_lr_scale", "head_init"}
 SAMPLER_KEYS = {"type", "n_startup_trials", "multivariate", "constant_liar", "seed_offset"}
-PRUNER_KEYS = {"type", "min_resource", "reduction_factor", "n_warmup_steps", "n_startup_trials"}
+PRUNER_KEYS = {"type", "min_resource", "reduction_factor", "n_warmup_steps", "n_startup_trials", "subset_fraction"}
 # Scalar settings of the sampler and pruner sections: key -> (kind, low, high). Optuna rejects some of these
 # only when the study starts (a reduction factor of 1), others never (a negative warm-up), so they are checked
 # here, with the file and key in the message.
 SAMPLER_SPEC = {"n_startup_trials": ("int", 0, 100_000), "multivariate": ("bool", None, None),
                 "constant_liar": ("bool", None, None), "seed_offset": ("int", -(2**31), 2**31 - 1)}
 PRUNER_SPEC = {"min_resource": ("int", 1, 1000), "reduction_factor": ("int", 2, 100),
-               "n_warmup_steps": ("int", 0, 1000), "n_startup_trials": ("int", 0, 100_000)}
+               "n_warmup_steps": ("int", 0, 1000), "n_startup_trials": ("int", 0, 100_000),
+               "subset_fraction": ("float", 0.05, 1.0)}
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
 
@@ -278,6 +279,9 @@ class SearchSpace:
                 min_resource > self.max_epochs:
             raise ctx.fail("pruner.min_resource", f"{min_resource} is above the most epochs a trial runs "
                            f"(training.epochs: {self.max_epochs}); use at most {self.max_epochs}")
+        if self.pruner.get("subset_fraction", 1.0) < 1.0 and \
+                self.pruner.get("type", "hyperband") not in ("hyperband", "successive_halving"):
+            raise ctx.fail("pruner.subset_fraction", "applies to the rung pruners (hyperband, successive_halving) only")
         # The frozen-feature probe as the study's first trial (probe.py): the floor of the search, on by default
         self.probe = raw.get("probe", True)
         if not isinstance(self.probe, bool):
@@ -476,6 +480,16 @@ class SearchSpace:
     @property
     def max_epochs(self) -> int:
         return int(self.training["epochs"].max)
+
+    def at_fidelity(self, config: TrialConfig) -> TrialConfig:
+        """``config`` with the lowest rung's epochs on ``pruner.subset_fraction`` of the data (issue 13's lower-
+        fidelity first rungs): a trial Hyperband prunes there pays that fraction of those epochs. Only trials that run
+        past the rung, so every trial's last reported value comes from a whole epoch."""
+        fraction = float(self.pruner.get("subset_fraction", 1.0))
+        rung = int(self.pruner.get("min_resource", 1))
+        if fraction >= 1.0 or config.adaptation in ("probe", "setfit") or config.epochs <= rung:
+            return config
+        return replace(config, subset_epochs=rung, subset_fraction=fraction)
 
     def suggest(self, trial: optuna.Trial, task_name: str, task: Task, seed: int) -> TrialConfig:
         """Sample a configuration define-by-run (conditional parameters only where they apply).
