@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 TOP_KEYS = {"task", "backbones", "backbone_defaults", "adaptation", "training", "sampler", "pruner", "first_trial",
             "description", "probe"}
-BACKBONE_KEYS = {"freeze_depth", "max_length", "image_size", "augment", "options"}
+BACKBONE_KEYS = {"freeze_depth", "max_length", "image_size", "augment", "options", "probe_image_size"}
 BACKBONE_OPTION_KEYS = {"pretrained", "weights", "pooling", "drop_path", "trust_remote_code"}
 # augmentations that flip training images left-right half the time (loaders.py)
 MIRRORING = ("crop-flip", "randaugment")
@@ -241,6 +241,9 @@ class BackboneSpace:
     image_size: Param | None
     augment: Param | None
     options: dict[str, Any]
+    # the frozen-feature probe's input size (images): its own, since a probe costs one pass at any size while a
+    # fine-tune's epochs grow with the pixels. None: the largest searched image_size
+    probe_image_size: int | None = None
 
 
 class SearchSpace:
@@ -355,8 +358,9 @@ class SearchSpace:
             fd = _param(ctx, f"{key}.freeze_depth", settings.get("freeze_depth", 0), kind="int", block_count=n,
                         backbone=repr(name))
             if self.modality == TEXT:
-                if "image_size" in settings:
-                    raise ctx.fail(key, "image_size applies to image backbones only")
+                for image_key in ("image_size", "probe_image_size"):
+                    if image_key in settings:
+                        raise ctx.fail(key, f"{image_key} applies to image backbones only")
                 ml = _param(ctx, f"{key}.max_length", settings.get("max_length", 128), kind="int", low=8, high=8192)
                 aug = _param(ctx, f"{key}.augment", settings.get("augment", "none"), kind="str",
                              choices=TEXT_AUGMENTS)
@@ -368,7 +372,13 @@ class SearchSpace:
                               high=2048)
                 aug = _param(ctx, f"{key}.augment", settings.get("augment", "crop-flip"), kind="str",
                              choices=AUGMENTS)
-                out[name] = BackboneSpace(name, n, fd, None, size, aug, dict(options))
+                probe_size = settings.get("probe_image_size")
+                if isinstance(probe_size, (list, dict)):
+                    raise ctx.fail(f"{key}.probe_image_size", f"must be a single value, got {probe_size!r}")
+                if probe_size is not None:
+                    probe_size = int(_param(ctx, f"{key}.probe_image_size", probe_size, kind="int", low=16,
+                                            high=2048).value)
+                out[name] = BackboneSpace(name, n, fd, None, size, aug, dict(options), probe_size)
         return out
 
     @staticmethod
@@ -562,7 +572,7 @@ class SearchSpace:
         if self.modality == TEXT:
             values["max_length"] = int(bb.max_length.max)
         else:
-            values["image_size"] = int(bb.image_size.max)
+            values["image_size"] = bb.probe_image_size or int(bb.image_size.max)
             values["augment"] = "none" if "none" in AUGMENTS else str(bb.augment.max)
         return TrialConfig(**values)
 
