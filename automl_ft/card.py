@@ -185,6 +185,10 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
             f"for {refit.get('epochs')} epoch(s) (the median of its folds' best): this estimate is for it.",
             "",
         ]
+    if metrics.get("refit"):
+        lines += [f"- The exported probe was refit on train + validation ({metrics['refit']['examples']} examples) at "
+                  f"the strength {metrics['refit']['probe_strength']:g} picked on validation; the validation score "
+                  "above is the train-only fit's.", ""]
     lines += [
         "## Test metrics (held-out test split, evaluated once)",
         "",

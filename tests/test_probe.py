@@ -134,6 +134,28 @@ def test_probe_trial_then_lp_ft_end_to_end(tmp_path, tiny_text_space):
     assert len(model.predict(["great product, works well", "terrible, broke after a day"])) == 2
 
 
+def test_a_winning_probe_is_refit_on_train_and_validation(tmp_path, tiny_text_space):
+    """Without CV, a probe that wins is refit on train + validation at the strength validation picked (the
+    closed-form head costs seconds), and metrics.json and the card say so."""
+    from automl_ft.api import tune
+    from automl_ft.data import load_dataset
+    from automl_ft.search.crossval import REFIT_FILE
+    from tests.conftest import make_text_rows, write_csv
+
+    data = write_csv(tmp_path / "texts.csv", make_text_rows(30))
+    tiny_text_space.write_text(tiny_text_space.read_text().replace("probe: false", "probe: true"))
+    result = tune(data, tmp_path / "run", trials=1, space=str(tiny_text_space), seed=0, cv="off")
+    probe = result.study.trials[0]
+    assert probe.user_attrs["config"]["adaptation"] == "probe" and result.best_trial == 0
+    refit = json.loads((result.run_dir / "trials" / "0000" / REFIT_FILE).read_text())
+    split = load_dataset(data, seed=0)
+    assert refit["examples"] == len(split.train) + len(split.val)
+    assert refit["probe_strength"] == probe.user_attrs["adaptation"]["probe_strength"]
+    metrics = json.loads((result.model_dir / "metrics.json").read_text())
+    assert metrics["refit"] == refit and "cv" not in metrics
+    assert "refit on train + validation" in (result.model_dir / "model_card.md").read_text()
+
+
 def test_tiny_data_is_cross_validated_refit_exported_and_predicted(tmp_path, tiny_text_space):
     """8 real SMS messages per class: no 2-example test split, trials scored by repeated stratified k-fold
     (folds as intermediate values), the best refit on all 16, exported, its card stating the CV estimate."""

@@ -150,7 +150,7 @@ def refit_best(trial: Any, data: LabeledData, trial_dir: Path, *, device: Any, c
     """Retrain the chosen trial's configuration on every labelled example into ``trial_dir`` (its model is then
     what export picks up); ``refit.json`` records it, so a resumed export does not refit twice."""
     from automl_ft.config import TrialConfig
-    from automl_ft.train import fit
+    from automl_ft.train import HISTORY_FILE, fit
 
     marker = trial_dir / REFIT_FILE
     if marker.is_file():
@@ -159,17 +159,26 @@ def refit_best(trial: Any, data: LabeledData, trial_dir: Path, *, device: Any, c
     data_all = pooled(data)
     median = refit_epochs(trial.user_attrs.get("cv_best_epochs", []))
     epochs = refit_schedule(config, median, len(data_all.train))
-    strengths = trial.user_attrs.get("cv_probe_strengths") or []
+    # a probe keeps the strength it picked: the folds' (cross-validated), else its validation split's
+    strengths = trial.user_attrs.get("cv_probe_strengths") or (
+        [trial.user_attrs["adaptation"]["probe_strength"]]
+        if "probe_strength" in (trial.user_attrs.get("adaptation") or {}) else [])
     config = replace(config, epochs=epochs,
                      probe_strength=float(statistics.median(strengths)) if strengths else config.probe_strength)
     if say is not None:
-        say(f"Refitting trial {trial.number} on all {len(data_all.train)} labelled examples "
-            f"({config.epochs} epoch(s): " + ("the median of its folds' best" if epochs == median else
-                                              f"its folds' median best {median}, raised to 40 optimizer steps")
-            + ") ...")
+        how = (f"the strength {config.probe_strength:g} picked on validation" if not trial.user_attrs.get("cv")
+               else f"{config.epochs} epoch(s): " + ("the median of its folds' best" if epochs == median else
+                                                      f"its folds' median best {median}, raised to 40 optimizer steps"))
+        say(f"Refitting trial {trial.number} on all {len(data_all.train)} labelled examples ({how}) ...")
+    # the trial's history.json is the search's record (its folds, or its validation score): the refit's, scored on
+    # examples it trained on, goes into refit.json instead
+    history = trial_dir / HISTORY_FILE
+    kept = history.read_bytes() if history.is_file() else None
     outcome = fit(config, data_all, trial_dir, device=device, caches=caches, backend=backend, keep_last=True)
+    if kept is not None:
+        history.write_bytes(kept)
     record = {"trial": trial.number, "examples": len(data_all.train), "epochs": config.epochs,
               "folds_median_best_epoch": median,
-              "probe_strength": config.probe_strength, "seconds": outcome.seconds}
+              "probe_strength": config.probe_strength, "seconds": outcome.seconds, "history": outcome.history}
     marker.write_text(json.dumps(record, indent=2) + "\n")
     return record
