@@ -186,9 +186,10 @@ def write_model_card(directory: Path, *, metrics: dict[str, Any], config: dict[s
             "",
         ]
     if metrics.get("refit"):
-        lines += [f"- The exported probe was refit on train + validation ({metrics['refit']['examples']} examples) at "
-                  f"the strength {metrics['refit']['probe_strength']:g} picked on validation; the validation score "
-                  "above is the train-only fit's.", ""]
+        refit = metrics["refit"]
+        lines += [(f"- The exported probe was refit on train + validation ({refit['examples']} examples) at the "
+                   f"strength {refit['probe_strength']:g} picked on validation; the validation score above is the "
+                   "train-only fit's."), ""]
     lines += [
         "## Test metrics (held-out test split, evaluated once)",
         "",
