@@ -16,7 +16,6 @@ Run: ``python bench/bench_fidelity.py [--sets sms] [--budget 300] [--fraction 0.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_search import at_fraction, automl_ft_run, make_split, write_split  # noqa: E402
+from bench.bench_search import at_fraction, automl_ft_run, make_split, write_rows, write_split  # noqa: E402
 from bench.common import RESULTS_DIR, cpu_name, environment, slug  # noqa: E402
 
 
@@ -68,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y-%m-%d")
     base = RESULTS_DIR / f"fidelity{'-' + args.tag if args.tag else ''}-{slug(cpu_name())}-{stamp}"
     work_root = Path(args.work or tempfile.mkdtemp(prefix="bench-fidelity-"))
+    header = {"environment": environment("cpu"), "budget_s": args.budget, "fraction": args.fraction,
+              "command": " ".join(["python", "bench/bench_fidelity.py", *(argv or sys.argv[1:])])}
     rows: list[dict[str, Any]] = []
     for name in args.sets.split(","):
         split, modality = make_split(name)
@@ -86,15 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: r.get(k) for k in ("set", "variant", "test_accuracy", "best_val", "trials", "pruned",
                                                      "pruned_mean_s", "seconds", "test_at_50pct", "error")}),
                   flush=True)
-            base.with_suffix(".json").write_text(json.dumps({
-                "environment": environment("cpu"), "budget_s": args.budget, "fraction": args.fraction,
-                "command": " ".join(["python", "bench/bench_fidelity.py", *(argv or sys.argv[1:])]), "rows": rows},
-                indent=2, default=str) + "\n")
-            keys = [k for k in dict.fromkeys(k for r2 in rows for k in r2) if k != "timeline"]
-            with open(base.with_suffix(".csv"), "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+            write_rows(base, header, rows)
     return 0
 
 

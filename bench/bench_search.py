@@ -280,6 +280,17 @@ def plot(rows: list[dict[str, Any]], budget: float, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_rows(base: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``base``.json (``header`` and every row) and ``base``.csv (the rows without their timelines), rewritten after
+    each row so a cut run keeps what it measured."""
+    base.with_suffix(".json").write_text(json.dumps({**header, "rows": rows}, indent=2, default=str) + "\n")
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "timeline"]
+    with open(base.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="sms,banking77,cifar")
@@ -308,15 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(json.dumps({k: r.get(k) for k in ("set", "method", "test_accuracy", "seconds", "test_at_25pct",
                                                      "test_at_50pct", "test_at_100pct")}), flush=True)
-            base.with_suffix(".json").write_text(json.dumps({
-                "environment": env, "budget_s": args.budget,
-                "command": " ".join(["python", "bench/bench_search.py", *(argv or sys.argv[1:])]), "rows": rows},
-                indent=2, default=str) + "\n")
-            keys = [k for k in dict.fromkeys(k for r2 in rows for k in r2) if k != "timeline"]
-            with open(base.with_suffix(".csv"), "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+            write_rows(base, {"environment": env, "budget_s": args.budget, "command": " ".join(
+                ["python", "bench/bench_search.py", *(argv or sys.argv[1:])])}, rows)
             plot(rows, args.budget, base.with_suffix(".png"))
     return 0
 
