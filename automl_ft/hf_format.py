@@ -131,7 +131,10 @@ def _save_text(backbone: Any, config: Any, task: Any, labels: list[str], model_d
 def _save_timm(backbone: Any, config: Any, task: Any, labels: list[str], out: Path) -> None:
     from timm.models import save_for_hf
 
-    net = backbone.model.net
+    net = getattr(backbone.model, "net", None)
+    if net is None:  # concat_backbone.py: two networks under one head are no single timm model
+        raise UsageError(f"{backbone.name} is several networks under one head, which no Hugging Face format holds; "
+                         "use the ONNX model (predict, serve)")
     names = list(_id2label(labels, task.head_size).values())
     net.pretrained_cfg = {**(getattr(net, "pretrained_cfg", None) or {}), "label_names": names,
                           "num_classes": task.head_size}

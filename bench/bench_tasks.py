@@ -9,8 +9,9 @@ digits, ../shared Banking77 and SMS spam) in a temporary folder, then, in one ru
 2. ``automl-ft predict RUN/best TEST_TABLE`` on a table of that test split (from ``load_dataset`` with the same
    options and seed; image paths absolute), keeping the metrics line it prints on stderr;
 3. the probe: the same default backbone frozen (MiniLM-L6 mean-pooled, max length 128; EfficientNet-Lite0 globally
-   pooled at 224 px, its pretrained size and the default image space's probe_image_size, with its own
-   normalisation; 160 px, the largest size the fine-tunes search, before 2026-12-04 evening), features of
+   pooled at 224 px, its pretrained size, with its own normalisation; 160 px, the largest size the fine-tunes
+   search, before 2026-12-04 evening; the default image space's own probe reads Lite0 and Lite2 side by side at
+   224 px since 2026-12-04 night, this baseline stays on Lite0), features of
    train / val / test, then scikit-learn: RidgeCV on standardised targets (regression), one-vs-rest logistic
    regression (multilabel; per-label thresholds tuned on val by the task's own ``calibrate``), logistic regression
    (single-label; ``class_weight='balanced'`` when the task marks the data imbalanced). The regularisation C is
@@ -44,7 +45,7 @@ from typing import Any
 from automl_ft.bench.common import environment, print_table, write_results
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-PROBE_IMAGE_SIZE = 224  # probe_image_size of search_spaces/image-classification.yaml (the backbone's pretrained size)
+PROBE_IMAGE_SIZE = 224  # probe.image_size of search_spaces/image-classification.yaml (the backbone's pretrained size)
 PROBE_MAX_LENGTH = 128  # max_length of search_spaces/text-classification.yaml
 PROBE_C = (0.01, 0.1, 1.0, 10.0)  # logistic-regression C, picked on val by the task's primary metric
 SCALE_FLOOR = 0.1  # of the median feature spread: the smallest spread a probe feature is divided by

@@ -267,7 +267,7 @@ class SearchSpace:
             self.modality = space_modality(self.task)
         except ValueError as e:
             raise ctx.fail("task", str(e)) from None
-        counter = block_counter or count_blocks
+        counter = self._block_counter = block_counter or count_blocks
         self.backbones = self._parse_backbones(ctx, raw, backbones, counter)
         self.adaptation = self._parse_adaptation(ctx, raw.get("adaptation"))
         self.training = self._parse_training(ctx, raw.get("training") or {})
@@ -286,9 +286,8 @@ class SearchSpace:
                 self.pruner.get("type", "hyperband") not in ("hyperband", "successive_halving"):
             raise ctx.fail("pruner.subset_fraction", "applies to the rung pruners (hyperband, successive_halving) only")
         # The frozen-feature probe as the study's first trial (probe.py): the floor of the search, on by default
-        self.probe = raw.get("probe", True)
-        if not isinstance(self.probe, bool):
-            raise ctx.fail("probe", f"must be true or false, got {self.probe!r}")
+        self.probe, self.probe_backbone, self.probe_input = self._parse_probe(ctx, raw.get("probe", True),
+                                                                            overridden=bool(backbones))
         first = raw.get("first_trial")
         if first is not None and not isinstance(first, dict):
             raise ctx.fail("first_trial", "must be a mapping of settings")
@@ -380,6 +379,37 @@ class SearchSpace:
                                             high=2048).value)
                 out[name] = BackboneSpace(name, n, fd, None, size, aug, dict(options), probe_size)
         return out
+
+    def _parse_probe(self, ctx: _Ctx, raw: Any, *, overridden: bool) -> tuple[bool, str | None, int | None]:
+        """``probe: true | false | {backbone: NAME, image_size: N | max_length: N}``: (on, backbone, input size).
+
+        The mapping gives the probe its own backbone, such as image networks side by side (concat_backbone.py),
+        which only the probe pays for: one pass over the inputs per network. A backbone chosen on the command line
+        (``--backbone``) replaces it, as it replaces the space's list.
+        """
+        if isinstance(raw, bool):
+            return raw, None, None
+        if not isinstance(raw, dict):
+            raise ctx.fail("probe", f"must be true, false or a mapping (backbone, image_size), got {raw!r}")
+        size_key = "max_length" if self.modality == TEXT else "image_size"
+        extra = set(raw) - {"backbone", size_key}
+        if extra:
+            raise ctx.fail(f"probe.{sorted(extra)[0]}", f"unknown key; known: backbone, {size_key}")
+        size = raw.get(size_key)
+        if size is not None:
+            size = int(_param(ctx, f"probe.{size_key}", size, kind="int", low=8 if self.modality == TEXT else 16,
+                              high=8192 if self.modality == TEXT else 2048).value)
+        name = raw.get("backbone")
+        if name is not None:
+            from automl_ft.backbones import resolve_name
+
+            if not isinstance(name, str):
+                raise ctx.fail("probe.backbone", f"must be a backbone name, got {name!r}")
+            try:
+                resolve_name(name, self.modality)
+            except BackboneError as e:
+                raise ctx.fail("probe.backbone", str(e)) from None
+        return True, (None if overridden else name), (None if overridden and name else size)
 
     @staticmethod
     def _parse_adaptation(ctx: _Ctx, raw: Any) -> dict[str, dict[str, Param]]:
@@ -565,14 +595,18 @@ class SearchSpace:
         if not self.probe or not task.probe_grid():
             return None
         bb = next(iter(self.backbones.values()))
-        values: dict[str, Any] = {"task": task_name, "backbone": bb.name, "num_classes": task.head_size,
-                                  "freeze_depth": bb.num_blocks, "adaptation": "probe", "seed": seed, "epochs": 1,
-                                  "backbone_options": dict(bb.options),
+        name, blocks, options = bb.name, bb.num_blocks, dict(bb.options)
+        if self.probe_backbone is not None:  # probe.backbone: its own, loaded with default options
+            name, options = self.probe_backbone, {"trust_remote_code": True} if self.trust_remote_code else {}
+            blocks = self._block_counter(name, options)
+        values: dict[str, Any] = {"task": task_name, "backbone": name, "num_classes": task.head_size,
+                                  "freeze_depth": blocks, "adaptation": "probe", "seed": seed, "epochs": 1,
+                                  "backbone_options": options,
                                   "imbalance": "weighted" if task.imbalanced else None}
         if self.modality == TEXT:
-            values["max_length"] = int(bb.max_length.max)
+            values["max_length"] = self.probe_input or int(bb.max_length.max)
         else:
-            values["image_size"] = bb.probe_image_size or int(bb.image_size.max)
+            values["image_size"] = self.probe_input or bb.probe_image_size or int(bb.image_size.max)
             values["augment"] = "none" if "none" in AUGMENTS else str(bb.augment.max)
         return TrialConfig(**values)
 
@@ -694,6 +728,10 @@ def count_blocks(name: str, options: dict[str, Any] | None = None) -> int:
         from automl_ft.segmentation_models import count_stages
 
         return count_stages(r.target)
+    if r.kind == "concat":  # the parts' blocks one after another (concat_backbone.py)
+        from automl_ft.concat_backbone import parse_name
+
+        return sum(count_blocks(part, options) for part in parse_name(r.target))
     if r.kind == "registry" and _REGISTRY[r.target].num_blocks is not None:
         return int(_REGISTRY[r.target].num_blocks)
     if r.kind == "timm":

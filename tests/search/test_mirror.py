@@ -49,7 +49,7 @@ def test_photos_keep_their_labels_when_mirrored():
         return xs, ys
 
     classes = sorted(p.name for p in (shared / "train").iterdir() if p.is_dir())
-    train, val = Split(*folder("train", 20)), Split(*folder("test", 10))
+    train, val = Split(*folder("train", 12)), Split(*folder("test", 6))  # the default probe: two networks at 224 px
     data = LabeledData("image-classification", classes, train, val, Split([], []), str(shared), {}, "test")
     space = load_space(None, "image-classification")
     check = check_mirroring(space, data, None, device=torch.device("cpu"), caches=Caches())

@@ -226,10 +226,37 @@ def test_the_probe_has_its_own_image_size(tmp_path):
     assert own.probe_config(IMAGE, task, seed=0).image_size == 224
     plain = load_space(write(tmp_path, IMAGE_SPACE % ""), IMAGE)
     assert plain.probe_config(IMAGE, task, seed=0).image_size == 160  # the largest searched size
-    assert load_space(None, IMAGE).probe_config(IMAGE, task, seed=0).image_size == 224  # the default space's
+    default = load_space(None, IMAGE).probe_config(IMAGE, task, seed=0)  # Lite0 and Lite2 side by side
+    assert (default.backbone, default.image_size) == ("efficientnet-lite0+efficientnet-lite2", 224)
     for bad, match in ((", probe_image_size: [160, 224]", "probe_image_size: must be a single value"),
                        (", probe_image_size: 8", "probe_image_size: value 8 is below the minimum 16")):
         with pytest.raises(SearchSpaceError, match=match):
             load_space(write(tmp_path, IMAGE_SPACE % bad), IMAGE)
     with pytest.raises(SearchSpaceError, match="probe_image_size applies to image backbones only"):
         load_space(write(tmp_path, BASE.replace("max_length: 64,", "max_length: 64, probe_image_size: 224,")), TEXT)
+
+
+def test_the_probe_can_have_its_own_backbone(tmp_path):
+    """``probe: {backbone, image_size}``: the probe reads other (here: concatenated) features than the fine-tunes,
+    with every block frozen; a backbone chosen on the command line replaces it as it replaces the space's list."""
+    task = classifier(3)
+    text = IMAGE_SPACE % "" + "probe: {backbone: efficientnet-lite0+efficientnet-lite1, image_size: 192}\n"
+    space = load_space(write(tmp_path, text), IMAGE)
+    config = space.probe_config(IMAGE, task, seed=0)
+    assert (config.backbone, config.image_size, config.freeze_depth) == (
+        "efficientnet-lite0+efficientnet-lite1", 192, 16 + 21)
+    assert set(space.backbones) == {"efficientnet-lite0"}  # the fine-tunes' list is untouched
+    chosen = load_space(write(tmp_path, text), IMAGE, backbones=["efficientnet-lite1"]).probe_config(
+        IMAGE, task, seed=0)
+    assert (chosen.backbone, chosen.image_size) == ("efficientnet-lite1", 224)  # backbone_defaults, not 192
+    sized = load_space(write(tmp_path, IMAGE_SPACE % "" + "probe: {image_size: 200}\n"), IMAGE)
+    assert sized.probe_config(IMAGE, task, seed=0).image_size == 200
+    assert load_space(write(tmp_path, IMAGE_SPACE % "" + "probe: false\n"), IMAGE).probe_config(
+        IMAGE, task, seed=0) is None
+    for bad, match in (("probe: {backbone: minilm-l6}", "probe.backbone: backbone 'minilm-l6' is for text data"),
+                       ("probe: {backbone: efficientnet-lite0+minilm-l6}", "probe.backbone: .*not an image"),
+                       ("probe: {max_length: 64}", "probe.max_length: unknown key; known: backbone, image_size"),
+                       ("probe: {image_size: 8}", "probe.image_size: value 8 is below the minimum 16"),
+                       ("probe: yes please", "probe: must be true, false or a mapping")):
+        with pytest.raises(SearchSpaceError, match=match):
+            load_space(write(tmp_path, IMAGE_SPACE % "" + bad + "\n"), IMAGE)
