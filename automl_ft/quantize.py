@@ -95,10 +95,14 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, batches: Iterable[dic
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference fails on some exporter outputs; ONNX shape inference suffices
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        # U8U8, not U8S8: on x86 CPUs with AVX2 but no VNNI, onnxruntime's U8S8 kernels saturate their int16
+        # sums (its docs' "saturation issue"). On a 2-core AMD EPYC (AVX2 only) the CIFAR probe's INT8 classes
+        # agreed with fp32 on 70.8 % of test images with U8S8, 87.5 % with U8S8 and reduce_range, and passed the
+        # test's 90 % with U8U8; the same U8S8 model passed on the VNNI Xeon before (tests/test_quantize.py).
         quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+                        weight_type=QuantType.QUInt8, per_channel=True, reduce_range=False,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": False})
     if reader.seen == 0:
         raise ValueError("no calibration examples")
     return reader.seen
