@@ -111,7 +111,7 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
         **options: the ``tune`` command's options, ``_`` for ``-``: ``task``, ``text_column``, ``image_column``,
             ``label_column``, ``label_sep``, ``space``, ``trials``, ``timeout``, ``storage``, ``study``, ``device``,
             ``seed``, ``backbones`` (a list or "a,b"), ``trust_remote_code``, ``artifacts``, ``objective``,
-            ``max_latency_ms``, ``latency_threads``, ``int8``. See ``automl-ft tune --help``.
+            ``max_latency_ms``, ``latency_threads``, ``int8``, ``cv``, ``test_fraction``. See ``automl-ft tune --help``.
 
     Returns:
         A :class:`TuneResult`.
@@ -167,7 +167,7 @@ def tune(data: str | Path | pd.DataFrame | None, out: str | Path, *, progress: b
 
 
 _INT_OPTIONS = ("trials", "seed", "latency_threads")
-_NUMBER_OPTIONS = ("timeout", "max_latency_ms")
+_NUMBER_OPTIONS = ("timeout", "max_latency_ms", "test_fraction")
 _BOOL_OPTIONS = ("trust_remote_code", "int8")
 
 

@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="recompute the frozen layers of text trials every epoch instead of once per text (to measure "
                         "what the cache saves; the results are the same)")
+    t.add_argument("--test-fraction", type=_number, default=0.1, metavar="F",
+                   help="share of the labelled examples held out as the test split when the data gives none "
+                        "(default 0.1; 0: none, for a test set of your own; small data holds none either way when "
+                        "it would average under one example per class)")
     t.add_argument("--cv", choices=("auto", "off"), default="auto",
                    help="small data (validation split under 100 examples, or a class under 50): score trials by "
                         "repeated stratified k-fold on train+val and refit the best on all of it (auto), or not (off)")
@@ -219,7 +223,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                            seed=args.seed, backbones=backbones, trust_remote_code=args.trust_remote_code,
                            artifacts=args.artifacts, objective=args.objective,
                            max_latency_ms=args.max_latency_ms, latency_threads=args.latency_threads,
-                           int8=args.int8, cv=args.cv, prefix_cache=args.prefix_cache, argv=argv)
+                           int8=args.int8, cv=args.cv, test_fraction=args.test_fraction,
+                           prefix_cache=args.prefix_cache, argv=argv)
         return run_tune(opts)
     if args.command == "export":
         from automl_ft.console import printer

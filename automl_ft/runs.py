@@ -54,12 +54,14 @@ def open_run(run_dir: str | Path, storage: str | None) -> tuple[RunDir, dict[str
 def load_run_data(record: dict[str, Any], run: RunDir | None = None):
     """Reload the run's data exactly as tune split it, and check it is still the same data."""
     from automl_ft.data import load_dataset
+    from automl_ft.data.split import TEST_FRACTION
 
     source = run.resolve_path(record["data_source"]) if run is not None else record["data_source"]
     opts = record.get("data_options", {})
     data = load_dataset(source, task=opts.get("task", "auto"), text_column=opts.get("text_column"),
                         label_column=opts.get("label_column"), image_column=opts.get("image_column"),
-                        label_sep=opts.get("label_sep", "|"), seed=opts.get("seed", 0))
+                        label_sep=opts.get("label_sep", "|"), seed=opts.get("seed", 0),
+                        test_fraction=opts.get("test_fraction", TEST_FRACTION))
     if data.fingerprint != record["data_fingerprint"]:
         raise UsageError(f"the data at {source} changed since the study ran (fingerprint "
                          f"{data.fingerprint} != {record['data_fingerprint']}); restore it to evaluate on its test split")

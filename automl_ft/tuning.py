@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_ft.console import Say, printer, quiet_libraries
+from automl_ft.data.split import TEST_FRACTION
 from automl_ft.errors import SearchFailedError, UsageError
 from automl_ft.rundir import RunDir, format_command, make_dir, write_json
 
@@ -45,6 +46,9 @@ class TuneOptions:
     latency_threads: int | None = None
     int8: bool = False
     cv: str = "auto"  # auto: cross-validate trials on small data (search/crossval.py); off: the val split
+    # of the labelled examples held out as the test split when the data gives none; 0: none (a benchmark or a user
+    # with a test set of their own: every example trains the model, the card reports the CV or val estimate)
+    test_fraction: float = TEST_FRACTION
     prefix_cache: bool = True  # text: frozen layers computed once per text (prefix_cache.py)
     live: bool | None = None
     argv: list[str] = field(default_factory=list)
@@ -60,6 +64,11 @@ class TuneOptions:
             raise UsageError(f"--study {self.study!r}: use letters, digits, '.', '_' or '-' (at most 128)")
         if self.cv not in ("auto", "off"):
             raise UsageError(f"--cv {self.cv!r}: use auto or off")
+        if self.test_fraction is None:  # the API's test_fraction=None: the default
+            self.test_fraction = TEST_FRACTION
+        if not 0.0 <= self.test_fraction <= 0.5:
+            raise UsageError(f"--test-fraction must be between 0 and 0.5, got {self.test_fraction:g}; 0 holds no "
+                             "test split out")
         objectives = tuple(o.strip() for o in self.objective.split(",") if o.strip())
         if objectives not in (("accuracy",), ("accuracy", "latency")):
             raise UsageError(f"--objective {self.objective!r}: use accuracy or accuracy,latency")
@@ -221,7 +230,8 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
     def load(seed: int):
         return load_dataset(run.demo_data if demo else Path(opts.data), task=opts.task,
                             text_column=opts.text_column, label_column=opts.label_column,
-                            image_column=opts.image_column, label_sep=opts.label_sep, seed=seed)
+                            image_column=opts.image_column, label_sep=opts.label_sep, seed=seed,
+                            test_fraction=opts.test_fraction)
 
     try:
         if demo:
@@ -242,7 +252,10 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
                     "cv": None if cv is None else cv.to_dict(),
                     "data_options": {"task": opts.task, "text_column": opts.text_column,
                                      "label_column": opts.label_column, "image_column": opts.image_column,
-                                     "label_sep": opts.label_sep, "seed": opts.seed}}
+                                     "label_sep": opts.label_sep, "seed": opts.seed,
+                                     # only when set: runs recorded before the option resume as they were
+                                     **({} if opts.test_fraction == TEST_FRACTION else
+                                        {"test_fraction": opts.test_fraction})}}
         run.check_identity(identity, existing, fingerprint_with_seed=lambda seed: load(seed).fingerprint)
         if existing is not None and run.best.is_dir() and any(run.best.iterdir()) and \
                 not run.owns_export(existing, run.best):
@@ -308,8 +321,10 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
         f"train/val/test; primary metric: validation {task.primary_metric} ({task.direction}).")
     if cv is not None:
         say(f"Small data: trials are scored by {cv.describe()}; the best is refit on all of them"
-            + ("" if len(data.test) else "; no test split (too few examples to hold one out), so the card reports "
-               "the cross-validated estimate") + ". --cv off uses the validation split instead.")
+            + ("" if len(data.test) else "; no test split (" + ("--test-fraction 0" if opts.test_fraction <= 0 else
+                                                                 "too few examples to hold one out")
+               + "), so the card reports the cross-validated estimate")
+            + ". --cv off uses the validation split instead.")
     if opts.task == "auto" and data.summary.get("task_reason"):
         # a layout of masks is read by the segmentation task only: there is nothing to switch to
         others = [] if task.spatial_targets else [
@@ -401,7 +416,8 @@ def run_search(opts: TuneOptions, say: Say, *, quiet: bool = False) -> SearchOut
            f"+- {format_metric(task.primary_metric, scored['std'])} over {len(scored['scores'])} folds"
            if scored else f"validation {task.primary_metric} {format_metric(task.primary_metric, best.values[0])}")
     tested = (f"test {task.describe(test)} on {test['num_examples']} held-out examples" if test else
-              "no test split (every labelled example trained the refit)")
+              "no test split (every labelled example trained the refit)" if scored else
+              "no test split (--test-fraction 0)")
     say(f"\nBest: trial {best.number}, {how}"
         + (f", {latency:.2f} ms per input (onnxruntime, batch 1)" if latency is not None else "") + f"; "
         f"{tested}.\nONNX check: max |logit diff| "

@@ -136,6 +136,10 @@ def case_inputs(tmp_path: Path, name: str, earlier: Path, study_run: Path) -> li
         return ["tune", str(good_csv), "--trials", "0", *out]
     if name == "negative timeout":
         return ["tune", str(good_csv), "--timeout", "-5", *out]
+    if name == "test fraction above one half":
+        return ["tune", str(good_csv), "--test-fraction", "0.7", *out]
+    if name == "test fraction 0 on segmentation":
+        return ["tune", str(good_csv), "--task", "image-segmentation", "--test-fraction", "0", *out]
     if name == "out is a file":
         (tmp_path / "file").write_text("x")
         return ["tune", str(good_csv), "--out", str(tmp_path / "file")]
@@ -265,6 +269,8 @@ CASES = {
     "unreachable storage": "cannot open it",
     "zero trials": "--trials must be at least 1",
     "negative timeout": "--timeout must be a positive number",
+    "test fraction above one half": "--test-fraction must be between 0 and 0.5, got 0.7",
+    "test fraction 0 on segmentation": "--test-fraction 0 does not apply to segmentation",
     "out is a file": "is a file",
     "out is a foreign folder": "is not an automl-ft run folder",
     "out under a file": "notes.txt is a file",

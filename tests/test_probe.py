@@ -192,3 +192,36 @@ def test_tiny_data_is_cross_validated_refit_exported_and_predicted(tmp_path, tin
     out = load(result.model_dir).predict(["WINNER! Claim your free prize now, text WIN to 80086",
                                           "ok see you at lunch"])
     assert set(out["label"]) <= {"ham", "spam"}
+
+
+def test_test_fraction_0_trains_the_refit_on_every_example(tmp_path, tiny_text_space):
+    """``--test-fraction 0``: 16 real SMS messages per class would hold 3 out as test (10 %); with the option
+    none is held out, the refit trains on all 32 and the card reports the cross-validated estimate; the run
+    records the option, so export reloads the same split."""
+    import csv
+
+    from automl_ft.api import tune
+    from automl_ft.data import load_dataset
+    from automl_ft.runs import load_run_data
+
+    shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam" / "sms_spam.csv"
+    if not shared.is_file():
+        pytest.skip("the shared SMS data is not here")
+    with open(shared, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    picked = [r for r in rows if r["label"] == "spam"][:16] + [r for r in rows if r["label"] == "ham"][:16]
+    data = tmp_path / "sms32.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(picked)
+    assert len(load_dataset(data).test) > 0  # the default holds a test split out
+    result = tune(data, tmp_path / "run", trials=1, space=str(tiny_text_space), seed=0, test_fraction=0)
+    metrics = json.loads((result.model_dir / "metrics.json").read_text())
+    assert metrics["test"] is None and metrics["cv"]["refit"]["examples"] == 32
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["data_options"]["test_fraction"] == 0
+    assert len(load_run_data(record).test) == 0
+    summary = json.loads((result.run_dir / "data_summary.json").read_text())
+    assert summary["split_sizes"]["test"] == 0
+    assert any("--test-fraction 0" in w for w in summary.get("warnings", []))

@@ -17,7 +17,7 @@ from automl_ft.errors import DataError, UsageError
 
 from .cleaning import case_collisions, dedupe
 from .images import check_images, is_image, list_images, require_folder, scan_class_folders, split_folders
-from .split import split_strata
+from .split import TEST_FRACTION, VAL_FRACTION, split_strata
 from .tables import (
     SEPARATORS,
     check_plain,
@@ -93,7 +93,8 @@ def _parse_task_option(task: str) -> tuple[str | None, str | None]:
 
 def load_dataset(path: str | Path, *, task: str = "auto", text_column: str | None = None,
                  label_column: str | None = None, image_column: str | None = None, label_sep: str = "|",
-                 seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> LabeledData:
+                 seed: int = 0, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION
+                 ) -> LabeledData:
     """Read, clean and split labeled data.
 
     Args:
@@ -107,6 +108,9 @@ def load_dataset(path: str | Path, *, task: str = "auto", text_column: str | Non
             text and label columns auto-detected when unambiguous.
         label_sep: what joins several labels in one multi-label cell (JSONL/Parquet may hold lists instead).
         seed: seed of the stratified split for splits that are not given.
+        val_fraction, test_fraction: the shares split off train when the data gives no val or test split; a test
+            split too small to measure anything is left out (:func:`_test_measures`), and ``test_fraction`` 0 leaves
+            it out always (``tune --test-fraction 0``: the user holds a test set of their own).
 
     Raises:
         UsageError: ``text_column`` and ``image_column`` together.
@@ -123,6 +127,9 @@ def load_dataset(path: str | Path, *, task: str = "auto", text_column: str | Non
 
     if problem == "segmentation" or (problem is None and is_segmentation_folder(path)):
         # masks, not label cells: the segmentation layouts have their own reader (data/segmentation.py)
+        if test_fraction <= 0:  # its val split ranks trials and no small-data refit replaces a test score
+            raise UsageError("--test-fraction 0 does not apply to segmentation, which always holds a test split out; "
+                             "drop the option")
         if text_column:
             raise UsageError("--text-column does not apply to segmentation; a table has image and mask path columns")
         return load_segmentation(path, image_column=image_column, mask_column=label_column, seed=seed,
@@ -418,7 +425,11 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
     split_note = f"given ({', '.join(splits_given)})"
     missing = [s for s in ("val", "test") if not parts[s]]
     no_test = "test" in missing and not _test_measures(problem, [y_all[i] for i in parts["train"]], test_fraction)
-    if no_test:  # 16 labelled emails gave a 2-example test split scoring 50 %: cross-validation reports instead
+    if no_test and test_fraction <= 0:
+        missing.remove("test")
+        warnings.append("no test split (--test-fraction 0): every labelled example trains or validates; the model "
+                        "card reports the cross-validated or validation estimate")
+    elif no_test:  # 16 labelled emails gave a 2-example test split scoring 50 %: cross-validation reports instead
         missing.remove("test")
         warnings.append(f"no test split: {test_fraction:.0%} of {len(parts['train'])} examples would hold less than "
                         "one per class on average; the model card reports the cross-validated estimate instead")

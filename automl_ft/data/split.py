@@ -8,6 +8,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+# The default share of labelled examples held out as test (and as val) when the data gives no such split.
+VAL_FRACTION = TEST_FRACTION = 0.1
+
 
 def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: int) -> list[list[int]]:
     """Split example indices into ``len(fractions)`` parts, class by class, with a fixed seed.
