@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_search import at_fraction, automl_ft_run, make_split, write_rows, write_split  # noqa: E402
-from bench.common import RESULTS_DIR, cpu_name, environment, slug  # noqa: E402
+from bench.bench_search import at_fraction, automl_ft_run, make_split, write_split  # noqa: E402
+from bench.common import RESULTS_DIR, cpu_name, environment, slug, write_rows  # noqa: E402
 
 
 def space_with_subset(modality: str, fraction: float, folder: Path) -> Path:

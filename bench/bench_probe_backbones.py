@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_search import write_rows
 from bench.bench_small import SIZES, _labeled, _pool_and_test, draw, frozen_features, probe_accuracy
-from bench.common import RESULTS_DIR, cpu_name, environment, slug
+from bench.common import RESULTS_DIR, cpu_name, environment, slug, write_rows
 
 
 def features(name: str, data, size: int):

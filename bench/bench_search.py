@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS_DIR, cpu_name, environment, slug  # noqa: E402
+from bench.common import RESULTS_DIR, cpu_name, environment, slug, write_rows  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # train / val / test: sized so that the four methods of all three sets fit in an hour of this 2-core CPU
@@ -278,17 +278,6 @@ def plot(rows: list[dict[str, Any]], budget: float, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def write_rows(base: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """``base``.json (``header`` and every row) and ``base``.csv (the rows without their timelines), rewritten after
-    each row so a cut run keeps what it measured."""
-    base.with_suffix(".json").write_text(json.dumps({**header, "rows": rows}, indent=2, default=str) + "\n")
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "timeline"]
-    with open(base.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS_DIR, cpu_name, environment, slug
+from bench.common import RESULTS_DIR, cpu_name, environment, slug, write_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZES = (8, 16, 32, 64)
@@ -251,15 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k2: record.get(k2) for k2 in ("set", "per_class", "probe_test_accuracy",
                                                              "default_test_accuracy", "tune_test_accuracy",
                                                              "tune_best", "tune_minutes")}), flush=True)
-            base.with_suffix(".json").write_text(json.dumps({"environment": env, "command": " ".join(
-                ["python", "bench/bench_small.py", *(argv or sys.argv[1:])]), "rows": rows_out}, indent=2) + "\n")
-            import csv
-
-            keys = list(dict.fromkeys(k2 for r in rows_out for k2 in r))
-            with open(base.with_suffix(".csv"), "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys)
-                w.writeheader()
-                w.writerows(rows_out)
+            write_rows(base, {"environment": env, "command": " ".join(
+                ["python", "bench/bench_small.py", *(argv or sys.argv[1:])])}, rows_out)
     return 0
 
 

@@ -145,3 +145,14 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: list[str] | Non
             cells.append("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
         table.add_row(*cells)
     Console().print(table)
+
+
+def write_rows(base: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``base``.json (``header`` and every row) and ``base``.csv (the rows without their timelines), rewritten after
+    each row so a cut run keeps what it measured."""
+    base.with_suffix(".json").write_text(json.dumps({**header, "rows": rows}, indent=2, default=str) + "\n")
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "timeline"]
+    with open(base.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
