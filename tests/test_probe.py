@@ -156,25 +156,31 @@ def test_a_winning_probe_is_refit_on_train_and_validation(tmp_path, tiny_text_sp
     assert "refit on train + validation" in (result.model_dir / "model_card.md").read_text()
 
 
-def test_tiny_data_is_cross_validated_refit_exported_and_predicted(tmp_path, tiny_text_space):
-    """8 real SMS messages per class: no 2-example test split, trials scored by repeated stratified k-fold
-    (folds as intermediate values), the best refit on all 16, exported, its card stating the CV estimate."""
+def _sms_table(tmp_path: pathlib.Path, per_class: int) -> pathlib.Path:
+    """The first ``per_class`` spam and ``per_class`` ham messages of the shared SMS set, as a text/label CSV."""
     import csv
-
-    from automl_ft.api import load, tune
-    from automl_ft.search.crossval import REFIT_FILE
 
     shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam" / "sms_spam.csv"
     if not shared.is_file():
         pytest.skip("the shared SMS data is not here")
     with open(shared, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    picked = [r for r in rows if r["label"] == "spam"][:8] + [r for r in rows if r["label"] == "ham"][:8]
-    data = tmp_path / "sms16.csv"
+    picked = [r for label in ("spam", "ham") for r in [r for r in rows if r["label"] == label][:per_class]]
+    data = tmp_path / f"sms{2 * per_class}.csv"
     with open(data, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["text", "label"])
         w.writeheader()
         w.writerows(picked)
+    return data
+
+
+def test_tiny_data_is_cross_validated_refit_exported_and_predicted(tmp_path, tiny_text_space):
+    """8 real SMS messages per class: no 2-example test split, trials scored by repeated stratified k-fold
+    (folds as intermediate values), the best refit on all 16, exported, its card stating the CV estimate."""
+    from automl_ft.api import load, tune
+    from automl_ft.search.crossval import REFIT_FILE
+
+    data = _sms_table(tmp_path, 8)
     result = tune(data, tmp_path / "run", trials=2, space=str(tiny_text_space), seed=0)
     trials = sorted(result.study.get_trials(), key=lambda t: t.number)
     cv = trials[0].user_attrs["cv"]
@@ -198,23 +204,11 @@ def test_test_fraction_0_trains_the_refit_on_every_example(tmp_path, tiny_text_s
     """``--test-fraction 0``: 16 real SMS messages per class would hold 3 out as test (10 %); with the option
     none is held out, the refit trains on all 32 and the card reports the cross-validated estimate; the run
     records the option, so export reloads the same split."""
-    import csv
-
     from automl_ft.api import tune
     from automl_ft.data import load_dataset
     from automl_ft.runs import load_run_data
 
-    shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "sms_spam" / "sms_spam.csv"
-    if not shared.is_file():
-        pytest.skip("the shared SMS data is not here")
-    with open(shared, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    picked = [r for r in rows if r["label"] == "spam"][:16] + [r for r in rows if r["label"] == "ham"][:16]
-    data = tmp_path / "sms32.csv"
-    with open(data, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["text", "label"])
-        w.writeheader()
-        w.writerows(picked)
+    data = _sms_table(tmp_path, 16)
     assert len(load_dataset(data).test) > 0  # the default holds a test split out
     result = tune(data, tmp_path / "run", trials=1, space=str(tiny_text_space), seed=0, test_fraction=0)
     metrics = json.loads((result.model_dir / "metrics.json").read_text())

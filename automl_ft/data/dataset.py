@@ -425,13 +425,11 @@ def _assemble(path: Path, task: str, raw: dict[str, Any], dropped: dict[str, Any
     split_note = f"given ({', '.join(splits_given)})"
     missing = [s for s in ("val", "test") if not parts[s]]
     no_test = "test" in missing and not _test_measures(problem, [y_all[i] for i in parts["train"]], test_fraction)
-    if no_test and test_fraction <= 0:
+    if no_test:  # 16 labelled emails gave a 2-example test split scoring 50 %: cross-validation reports instead
         missing.remove("test")
         warnings.append("no test split (--test-fraction 0): every labelled example trains or validates; the model "
-                        "card reports the cross-validated or validation estimate")
-    elif no_test:  # 16 labelled emails gave a 2-example test split scoring 50 %: cross-validation reports instead
-        missing.remove("test")
-        warnings.append(f"no test split: {test_fraction:.0%} of {len(parts['train'])} examples would hold less than "
+                        "card reports the cross-validated or validation estimate" if test_fraction <= 0 else
+                        f"no test split: {test_fraction:.0%} of {len(parts['train'])} examples would hold less than "
                         "one per class on average; the model card reports the cross-validated estimate instead")
     if missing:
         train_idx = parts["train"]
